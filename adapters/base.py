@@ -32,8 +32,11 @@ class AdapterHealth:
 class TelemetrySink(Protocol):
     """Where adapters deliver what they read; every method is non-blocking and cheap."""
 
-    def accept(self, measurements: Sequence[Measurement]) -> None:
-        """Take a batch of decoded measurements (unknown or stale ones are rejected and counted)."""
+    def accept(self, adapter: str, measurements: Sequence[Measurement]) -> int:
+        """Take a batch of decoded measurements; return how many were accepted.
+
+        Unknown assets, bad values and stale or future timestamps are rejected and counted.
+        """
 
     def reject(self, adapter: str, reason: str, detail: str) -> None:
         """Count a payload that could not be decoded; `reason` is a short metric label."""

@@ -160,3 +160,67 @@ class Aggregate:
     unknown: int
     degraded: int
     by_kind_kw: dict[AssetKind, float]
+
+
+@dataclass(frozen=True, slots=True)
+class BidStep:
+    """One step of a bid curve: at clearing prices up to `price_up_to_per_mwh`, draw `power_kw`."""
+
+    price_up_to_per_mwh: float
+    power_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class BidCurve:
+    """Net park power (positive = drawn) offered for one interval as a function of price.
+
+    A non-increasing step function: steps are ordered by ascending price and their power does
+    not increase. At a clearing price p the quantity is the power of the first step whose
+    `price_up_to_per_mwh` >= p, and the last step's power above every step's price.
+    """
+
+    interval: Interval
+    steps: tuple[BidStep, ...]
+
+    def power_at(self, price_per_mwh: float) -> float:
+        for step in self.steps:
+            if price_per_mwh <= step.price_up_to_per_mwh:
+                return step.power_kw
+        return self.steps[-1].power_kw
+
+
+@dataclass(frozen=True, slots=True)
+class DrOffer:
+    """A demand-response capacity offer: reduce consumption by `reduction_kw` for a price."""
+
+    interval: Interval
+    reduction_kw: float
+    price_per_mwh: float
+
+
+@dataclass(frozen=True, slots=True)
+class Award:
+    """What the market cleared for one interval: the park's committed net power and price."""
+
+    interval: Interval
+    power_kw: float
+    price_per_mwh: float
+    market: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrEvent:
+    """A demand-response call: reduce (or, negative, increase) park power over [start, end)."""
+
+    event_id: str
+    product: str
+    start: datetime
+    end: datetime
+    notified_at: datetime
+    reduction_kw: float
+    price_per_mwh: float
+    invitation: str = "day_ahead"  # day_ahead, intraday or emergency
+    opted_in: bool = True
+
+    def active(self, moment: datetime) -> bool:
+        return self.opted_in and self.start <= moment < self.end

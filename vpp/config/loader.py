@@ -15,8 +15,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from market.rules import AnyRuleSet, DemandResponseRules, RuleSet, SpotMarketRules
 from vpp.config import yamlsource
-from vpp.config.yamlsource import dotted
 from vpp.config.schema import Park
+from vpp.config.yamlsource import dotted
 from vpp.domain import AssetKind
 from vpp.errors import ConfigError, Problem
 
@@ -53,16 +53,28 @@ def load_park(path: Path | str, markets_dir: Path | str | None = None) -> Loaded
     spot: AnyRuleSet | None = None
     dr: AnyRuleSet | None = None
     market_path: tuple[str | int, ...] = ("market",)
-    spot, spot_problems = _rule_set_for(park.market.rule_set, folder, source, (*market_path, "rule_set"))
+    spot, spot_problems = _rule_set_for(
+        park.market.rule_set, folder, source, (*market_path, "rule_set")
+    )
     problems += spot_problems
     if spot is not None and not isinstance(spot, SpotMarketRules):
-        problems.append(_problem(source, (*market_path, "rule_set"), f"rule set '{spot.id}' is not a spot market"))
+        problems.append(
+            _problem(
+                source, (*market_path, "rule_set"), f"rule set '{spot.id}' is not a spot market"
+            )
+        )
     if park.market.dr_product is not None:
-        dr, dr_problems = _rule_set_for(park.market.dr_product, folder, source, (*market_path, "dr_product"))
+        dr, dr_problems = _rule_set_for(
+            park.market.dr_product, folder, source, (*market_path, "dr_product")
+        )
         problems += dr_problems
         if dr is not None and not isinstance(dr, DemandResponseRules):
             problems.append(
-                _problem(source, (*market_path, "dr_product"), f"rule set '{dr.id}' is not a demand-response product")
+                _problem(
+                    source,
+                    (*market_path, "dr_product"),
+                    f"rule set '{dr.id}' is not a demand-response product",
+                )
             )
     if problems:
         raise ConfigError(problems)
@@ -94,14 +106,20 @@ def _rule_set_for(
     except ConfigError as err:
         return None, err.problems
     if rules.id != name:
-        return None, [Problem(str(path), 1, "id", f"rule set id '{rules.id}' differs from its file name '{name}'")]
+        return None, [
+            Problem(
+                str(path), 1, "id", f"rule set id '{rules.id}' differs from its file name '{name}'"
+            )
+        ]
     return rules, []
 
 
 def _validate(model: type[ModelT], source: yamlsource.Source) -> ModelT:
     if not isinstance(source.data, dict):
         kind = type(source.data).__name__
-        raise ConfigError([Problem(source.root_file, 1, "", f"expected a mapping at top level, found {kind}")])
+        raise ConfigError(
+            [Problem(source.root_file, 1, "", f"expected a mapping at top level, found {kind}")]
+        )
     try:
         return model.model_validate(source.data)
     except ValidationError as err:
@@ -164,7 +182,11 @@ def _check_references(park: Park, source: yamlsource.Source) -> list[Problem]:
         for g_index, gateway in enumerate(enterprise.gateways):
             if gateway_ids[gateway.id] > 1:
                 problems.append(
-                    _problem(source, ("enterprises", index, "gateways", g_index, "id"), f"duplicate gateway id '{gateway.id}'")
+                    _problem(
+                        source,
+                        ("enterprises", index, "gateways", g_index, "id"),
+                        f"duplicate gateway id '{gateway.id}'",
+                    )
                 )
 
     asset_ids = Counter(asset.id for _, asset in _asset_paths(park))
@@ -176,19 +198,39 @@ def _check_references(park: Park, source: yamlsource.Source) -> list[Problem]:
         owner_id = park.enterprises[owner].id if isinstance(owner, int) else asset.enterprise
         if path[0] == "assets":
             if asset.enterprise is None:
-                problems.append(_problem(source, path, "an asset listed at park level must name its 'enterprise'"))
+                problems.append(
+                    _problem(
+                        source, path, "an asset listed at park level must name its 'enterprise'"
+                    )
+                )
                 continue
             if asset.enterprise not in enterprise_ids:
-                problems.append(_problem(source, (*path, "enterprise"), f"unknown enterprise '{asset.enterprise}'"))
+                problems.append(
+                    _problem(
+                        source, (*path, "enterprise"), f"unknown enterprise '{asset.enterprise}'"
+                    )
+                )
                 continue
         elif asset.enterprise is not None and asset.enterprise != owner_id:
             problems.append(
-                _problem(source, (*path, "enterprise"), f"asset is listed under enterprise '{owner_id}', not '{asset.enterprise}'")
+                _problem(
+                    source,
+                    (*path, "enterprise"),
+                    f"asset is listed under enterprise '{owner_id}', not '{asset.enterprise}'",
+                )
             )
-        gateway = getattr(asset.connection, "gateway", None)
-        if gateway is not None and owner_id is not None and gateway not in gateways.get(owner_id, set()):
+        gateway_id = getattr(asset.connection, "gateway", None)
+        if (
+            gateway_id is not None
+            and owner_id is not None
+            and gateway_id not in gateways.get(owner_id, set())
+        ):
             problems.append(
-                _problem(source, (*path, "connection", "gateway"), f"unknown gateway '{gateway}' of enterprise '{owner_id}'")
+                _problem(
+                    source,
+                    (*path, "connection", "gateway"),
+                    f"unknown gateway '{gateway_id}' of enterprise '{owner_id}'",
+                )
             )
     total_limit = sum(e.connection_limit_kw for e in park.enterprises)
     if park.grid_import_limit_kw > 10 * total_limit:
@@ -206,7 +248,10 @@ def _check_references(park: Park, source: yamlsource.Source) -> list[Problem]:
 def _asset_paths(park: Park) -> list[tuple[tuple[str | int, ...], Any]]:
     paths: list[tuple[tuple[str | int, ...], Any]] = []
     for e_index, enterprise in enumerate(park.enterprises):
-        paths.extend((("enterprises", e_index, "assets", a_index), a) for a_index, a in enumerate(enterprise.assets))
+        paths.extend(
+            (("enterprises", e_index, "assets", a_index), a)
+            for a_index, a in enumerate(enterprise.assets)
+        )
     paths.extend((("assets", a_index), a) for a_index, a in enumerate(park.assets))
     return paths
 

@@ -13,7 +13,15 @@ from datetime import time
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from vpp.domain import AssetKind, FallbackMode
 
@@ -52,7 +60,7 @@ class Weekday(StrEnum):
     SUN = "sun"
 
     @property
-    def index(self) -> int:
+    def number(self) -> int:
         """Monday = 0, as `datetime.weekday()`."""
         return list(Weekday).index(self)
 
@@ -112,7 +120,7 @@ class EnrollmentTerms(Model):
     capacity_payment_per_kw_month: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
     def available_at(self, weekday: int, minute_of_day: float) -> bool:
-        if all(day.index != weekday for day in self.available_days):
+        if all(day.number != weekday for day in self.available_days):
             return False
         return any(w.contains_minute(minute_of_day) for w in self.available_hours)
 
@@ -121,7 +129,9 @@ class LoadProfile(Model):
     """A daily load shape in kW: 24 hourly or 96 quarter-hourly values, weekday and weekend."""
 
     weekday_kw: list[Annotated[float, Field(ge=0, le=MAX_POWER_KW, allow_inf_nan=False)]]
-    weekend_kw: list[Annotated[float, Field(ge=0, le=MAX_POWER_KW, allow_inf_nan=False)]] | None = None
+    weekend_kw: list[Annotated[float, Field(ge=0, le=MAX_POWER_KW, allow_inf_nan=False)]] | None = (
+        None
+    )
     noise_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.03
 
     @field_validator("weekday_kw", "weekend_kw")
@@ -133,13 +143,15 @@ class LoadProfile(Model):
 
     def at(self, weekday: int, minute_of_day: float) -> float:
         """Profile value (kW) at a local weekday (Monday = 0) and minute of the day."""
-        values = self.weekend_kw if weekday >= 5 and self.weekend_kw is not None else self.weekday_kw
+        values = (
+            self.weekend_kw if weekday >= 5 and self.weekend_kw is not None else self.weekday_kw
+        )
         index = int(minute_of_day * len(values) // 1440) % len(values)
         return values[index]
 
     @property
     def peak_kw(self) -> float:
-        return max(max(self.weekday_kw), max(self.weekend_kw or [0.0]))
+        return max(*self.weekday_kw, *(self.weekend_kw or [0.0]))
 
 
 # --- connections ------------------------------------------------------------------------------
@@ -400,20 +412,18 @@ class ShiftableLoad(_Asset):
 
     @model_validator(mode="after")
     def _run_fits(self) -> ShiftableLoad:
-        longest_min = max(
-            (w.end_minute - w.start_minute) % 1440 or 1440 for w in self.windows
-        )
-        if self.run_duration_h * 60 * (1 if self.interruptible else 1) > sum(
-            ((w.end_minute - w.start_minute) % 1440 or 1440) for w in self.windows
-        ):
+        lengths = [(w.end_minute - w.start_minute) % 1440 or 1440 for w in self.windows]
+        run_min = self.run_duration_h * 60
+        if run_min * self.runs_per_day > sum(lengths):
             raise ValueError(
-                f"a run of {self.energy_per_run_kwh} kWh at {self.power_kw} kW does not fit "
-                "in the allowed windows"
+                f"{self.runs_per_day} run(s) of {self.energy_per_run_kwh} kWh "
+                f"at {self.power_kw} kW "
+                "do not fit in the allowed windows"
             )
-        if not self.interruptible and self.run_duration_h * 60 > longest_min:
+        if not self.interruptible and run_min > max(lengths):
             raise ValueError(
-                f"an uninterruptible run of {self.run_duration_h * 60:.0f} min is longer than "
-                f"the longest window ({longest_min} min)"
+                f"an uninterruptible run of {run_min:.0f} min is longer than "
+                f"the longest window ({max(lengths)} min)"
             )
         return self
 
@@ -436,7 +446,9 @@ class ThermalLoad(_Asset):
     @model_validator(mode="after")
     def _band(self) -> ThermalLoad:
         if not self.temp_min_c < self.temp_max_c:
-            raise ValueError(f"temp_min_c {self.temp_min_c} must be below temp_max_c {self.temp_max_c}")
+            raise ValueError(
+                f"temp_min_c {self.temp_min_c} must be below temp_max_c {self.temp_max_c}"
+            )
         if self.temp_initial_c is not None and not (
             self.temp_min_c <= self.temp_initial_c <= self.temp_max_c
         ):
@@ -602,7 +614,9 @@ class EngineSettings(Model):
     fallback: FallbackMode = FallbackMode.RELEASE
     solver_time_limit_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     mip_gap: Annotated[float, Field(ge=0, le=0.5)] = 0.001
-    listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+    listen: str = Field(
+        default="127.0.0.1:8080", pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$"
+    )
     storage_url: str = Field(default="sqlite:///vpp.db", pattern=r"^(sqlite|postgresql)://")
     ingest_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
 
@@ -659,4 +673,6 @@ class Park(Model):
         raise KeyError(asset_id)
 
 
-AnyAsset = BatteryAsset | PvAsset | CurtailableLoad | ShiftableLoad | ThermalLoad | EvCharging | Generator
+AnyAsset = (
+    BatteryAsset | PvAsset | CurtailableLoad | ShiftableLoad | ThermalLoad | EvCharging | Generator
+)

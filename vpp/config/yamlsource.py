@@ -72,7 +72,9 @@ def load(path: Path) -> Source:
     return source
 
 
-def _load_file(path: Path, prefix: Path_, source: Source, depth: int, chain: tuple[Path, ...]) -> Any:
+def _load_file(
+    path: Path, prefix: Path_, source: Source, depth: int, chain: tuple[Path, ...]
+) -> Any:
     name = str(path)
     text = read_text(path)
     loader = yaml.SafeLoader(text)
@@ -128,6 +130,8 @@ class _Walker:
                 raise ConfigError(
                     [Problem(self.name, line, dotted(path), "mapping keys must be plain scalars")]
                 )
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                key = str(key)
             if key in result:
                 raise ConfigError([Problem(self.name, line, dotted((*path, key)), "duplicate key")])
             self.source.lines[(*path, key)] = (self.name, line)

@@ -1,0 +1,1 @@
+"""Optimisation: forecasts, scheduling with Pyomo and HiGHS, flexibility, bids, allocation."""

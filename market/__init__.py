@@ -1,0 +1,1 @@
+"""Market side: rule sets, bids, clearing simulator, OpenADR, baselines and settlement."""

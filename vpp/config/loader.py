@@ -120,8 +120,10 @@ def _validate(model: type[ModelT], source: yamlsource.Source) -> ModelT:
         raise ConfigError(
             [Problem(source.root_file, 1, "", f"expected a mapping at top level, found {kind}")]
         )
+    # Top-level keys starting with "x-" hold YAML anchors (shared terms, profiles) only.
+    data = {k: v for k, v in source.data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
-        return model.model_validate(source.data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_problems_from(err, source)) from None
 

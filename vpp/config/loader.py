@@ -133,6 +133,10 @@ def _problems_from(err: ValidationError, source: yamlsource.Source) -> list[Prob
     seen: set[tuple[str, int | None, str]] = set()
     for item in err.errors(include_url=False):
         path = _clean_loc(item["loc"], source)
+        if item["type"] == "union_tag_invalid":
+            path = (*path, str(item.get("ctx", {}).get("discriminator", "kind")).strip("'"))
+        elif item["type"] == "unknown_adapter" and (*path, "adapter") in source.lines:
+            path = (*path, "adapter")
         file, line = source.locate(path)
         message = _message(item)
         key = (file, line, message + dotted(path))
@@ -176,10 +180,18 @@ def _message(item: Any) -> str:
 def _check_references(park: Park, source: yamlsource.Source) -> list[Problem]:
     problems: list[Problem] = []
     enterprise_ids = Counter(e.id for e in park.enterprises)
+    first_enterprise: dict[str, int] = {}
     for index, enterprise in enumerate(park.enterprises):
         where = ("enterprises", index, "id")
-        if enterprise_ids[enterprise.id] > 1:
-            problems.append(_problem(source, where, f"duplicate enterprise id '{enterprise.id}'"))
+        first = first_enterprise.setdefault(enterprise.id, index)
+        if first != index:
+            problems.append(
+                _problem(
+                    source,
+                    where,
+                    f"duplicate enterprise id '{enterprise.id}' (also enterprises[{first}])",
+                )
+            )
         gateway_ids = Counter(g.id for g in enterprise.gateways)
         for g_index, gateway in enumerate(enterprise.gateways):
             if gateway_ids[gateway.id] > 1:
@@ -191,11 +203,18 @@ def _check_references(park: Park, source: yamlsource.Source) -> list[Problem]:
                     )
                 )
 
-    asset_ids = Counter(asset.id for _, asset in _asset_paths(park))
     gateways = {e.id: {g.id for g in e.gateways} for e in park.enterprises}
+    first_asset: dict[str, tuple[str | int, ...]] = {}
     for path, asset in _asset_paths(park):
-        if asset_ids[asset.id] > 1:
-            problems.append(_problem(source, (*path, "id"), f"duplicate asset id '{asset.id}'"))
+        first_path = first_asset.setdefault(asset.id, path)
+        if first_path != path:
+            problems.append(
+                _problem(
+                    source,
+                    (*path, "id"),
+                    f"duplicate asset id '{asset.id}' (also {dotted(first_path)})",
+                )
+            )
         owner = path[1] if path[0] == "enterprises" else None
         owner_id = park.enterprises[owner].id if isinstance(owner, int) else asset.enterprise
         if path[0] == "assets":

@@ -235,6 +235,13 @@ class ModbusConnection(_Connection):
     registers: list[ModbusRegister] = Field(default_factory=list)
     poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    ack_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=5.0, description="how long the measured power may take to move toward a setpoint"
+    )
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    sunspec_discharge_positive: bool = Field(
+        default=True, description="SunSpec W and WSet: positive = discharging / injecting"
+    )
 
     @model_validator(mode="after")
     def _map_when_not_sunspec(self) -> ModbusConnection:
@@ -250,6 +257,12 @@ class OcppConnection(_Connection):
     charge_point_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,48}$")
     version: Literal["1.6", "2.0.1"] = "1.6"
     connector_id: int = Field(default=0, ge=0, le=64)
+    charging_rate_unit: Literal["W", "A"] = "W"
+    voltage_v: Annotated[float, Field(gt=0, le=1000)] = Field(
+        default=230.0, description="phase voltage used to turn a power limit into amperes"
+    )
+    phases: int = Field(default=3, ge=1, le=3)
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
 
 
 class GatewayRef(Model):

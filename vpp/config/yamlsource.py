@@ -77,18 +77,32 @@ def _load_file(
 ) -> Any:
     name = str(path)
     text = read_text(path)
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
+    except yaml.reader.ReaderError as err:
+        position_line = text.count("\n", 0, err.position) + 1
+        raise ConfigError(
+            [
+                Problem(
+                    name,
+                    position_line,
+                    "",
+                    f"invalid YAML: character {err.character!r} is not allowed",
+                )
+            ]
+        ) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark is not None else None
+        mark_line = mark.line + 1 if mark is not None else None
         message = " ".join(p for p in (err.context, err.problem) if p) or "invalid YAML"
-        raise ConfigError([Problem(name, line, "", f"invalid YAML: {message}")]) from None
+        raise ConfigError([Problem(name, mark_line, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as err:
         raise ConfigError([Problem(name, None, "", f"invalid YAML: {err}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         raise ConfigError([Problem(name, None, "", "file is empty")])
     walker = _Walker(path, source, depth, (*chain, path.resolve()))

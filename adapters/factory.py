@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from adapters.base import Adapter
+from adapters.sim import SimAdapter
 from vpp.clock import Clock
 from vpp.config.schema import Park, SimConnection
 from vpp.errors import ConfigError, Problem
@@ -10,8 +11,6 @@ from vpp.errors import ConfigError, Problem
 
 def build_adapters(park: Park, clock: Clock, *, seed: int = 0) -> list[Adapter]:
     """One adapter per protocol peer: the simulator, each MQTT broker, HTTP endpoint, ..."""
-    from adapters.sim import SimAdapter  # noqa: PLC0415  (the simulator is written alongside)
-
     adapters: list[Adapter] = []
     if any(isinstance(asset.connection, SimConnection) for _, asset in park.iter_assets()):
         adapters.append(SimAdapter.from_park(park, clock, seed=seed))

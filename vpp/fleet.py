@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -83,6 +83,7 @@ class Fleet:
         self._enterprises = sorted({e.enterprise_id for e in self._entries.values()})
         self.accepted = 0
         self.rejected = 0
+        self.listeners: list[Callable[[list[Measurement]], None]] = []
 
     # --- TelemetrySink ---------------------------------------------------------------------
 
@@ -91,6 +92,7 @@ class Fleet:
         future_limit = now + timedelta(seconds=FUTURE_TOLERANCE_S)
         oldest = now - self.stale_after
         accepted = 0
+        kept: list[Measurement] | None = [] if self.listeners else None
         for m in measurements:
             entry = self._entries.get(m.asset_id)
             reason = self._check(entry, m, future_limit, oldest)
@@ -104,6 +106,8 @@ class Fleet:
             elif not entry.online:
                 entry.online = True
             accepted += 1
+            if kept is not None:
+                kept.append(m)
             if self.metrics is not None:
                 self.metrics.message_latency.labels(adapter).observe(
                     max((now - m.timestamp).total_seconds(), 0.0)
@@ -111,6 +115,9 @@ class Fleet:
         self.accepted += accepted
         if self.metrics is not None and accepted:
             self.metrics.telemetry_received.labels(adapter).inc(accepted)
+        if kept:
+            for listener in self.listeners:
+                listener(kept)
         return accepted
 
     def reject(self, adapter: str, reason: str, detail: str) -> None:

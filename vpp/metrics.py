@@ -140,6 +140,27 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # storage
+        self.storage_written = Counter(
+            "vpp_storage_rows_written_total",
+            "Rows written to the database, by table",
+            ["table"],
+            registry=r,
+        )
+        self.storage_dropped = Counter(
+            "vpp_storage_rows_dropped_total",
+            "Telemetry rows dropped because the write queue was full",
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "vpp_storage_errors_total", "Failed database writes (retried)", registry=r
+        )
+        self.storage_write_duration = Histogram(
+            "vpp_storage_write_duration_seconds",
+            "Time to write one batch to the database",
+            buckets=CYCLE_BUCKETS_S,
+            registry=r,
+        )
         # API
         self.api_requests = Counter(
             "vpp_api_requests_total", "HTTP API requests", ["method", "route", "status"], registry=r

@@ -198,6 +198,13 @@ class MqttConnection(_Connection):
     shared_group: str | None = Field(default=None, pattern=r"^[^/#+\s]+$")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    cert_file: str | None = Field(default=None, description="client certificate for mutual TLS")
+    key_file: str | None = None
+    telemetry_qos: Literal[0, 1] = 1
+    ack_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    session_expiry_s: int = Field(
+        default=3600, ge=0, le=7 * 24 * 3600, description="persistent session when client_id is set"
+    )
 
 
 class HttpConnection(_Connection):
@@ -209,6 +216,14 @@ class HttpConnection(_Connection):
     token_env: EnvName | None = None
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     push: bool = False
+    poll: bool = Field(default=True, description="GET telemetry every poll_interval_s")
+    telemetry_path: str = Field(default="/telemetry", pattern=r"^/[^\s]*$")
+    setpoint_path: str = Field(default="/setpoints", pattern=r"^/[^\s]*$")
+    push_listen: str | None = Field(
+        default=None,
+        pattern=r"^[^\s:]+:\d{1,5}$",
+        description="host:port where pushed telemetry is accepted when push is true",
+    )
 
 
 class ModbusRegister(Model):
@@ -630,10 +645,14 @@ class EngineSettings(Model):
     listen: str = Field(
         default="127.0.0.1:8080", pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$"
     )
+    ocpp_listen: str = Field(
+        default="127.0.0.1:9000", pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$"
+    )
+    ocpp_heartbeat_s: int = Field(default=60, ge=5, le=86_400)
     storage_url: str = Field(default="sqlite:///vpp.db", pattern=r"^(sqlite|postgresql)://")
     ingest_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
 
-    @field_validator("listen")
+    @field_validator("listen", "ocpp_listen")
     @classmethod
     def _port(cls, value: str) -> str:
         port = int(value.rsplit(":", 1)[1])

@@ -1,0 +1,1 @@
+"""Device emulators for integration tests: real protocol peers on loopback."""

@@ -130,9 +130,11 @@ class _Walker:
             return items
         try:
             return self.constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as err:
+        except (yaml.constructor.ConstructorError, ValueError, OverflowError) as err:
+            # PyYAML raises a plain ValueError for impossible dates such as 2026-13-01
             line = node.start_mark.line + 1
-            raise ConfigError([Problem(self.name, line, dotted(path), str(err.problem))]) from None
+            message = str(getattr(err, "problem", None) or err)
+            raise ConfigError([Problem(self.name, line, dotted(path), message)]) from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> Any:
         self.constructor.flatten_mapping(node)

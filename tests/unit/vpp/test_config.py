@@ -217,6 +217,7 @@ def test_every_problem_is_reported_at_once(
         (b"id: [unclosed\nname: x\n", "invalid YAML"),
         (b"- just\n- a list\n", "expected a mapping at top level"),
         (b"id: a\nid: b\n", "duplicate key"),
+        (b"id: a\nday: 2026-13-01\n", "month must be in 1..12"),
     ],
 )
 def test_unreadable_files(

@@ -1,0 +1,1 @@
+"""The dashboard page the API serves at /: static HTML, JavaScript and CSS."""

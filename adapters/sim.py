@@ -15,6 +15,7 @@ under-delivery fraction of the requested change from local-control power, and ra
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import bisect
 import functools
@@ -57,10 +58,15 @@ DEFAULT_CLOUDINESS = 0.2
 CLOUD_CORRELATION_S = 900.0  # clouds change over a quarter of an hour, not per reading
 LOAD_NOISE_CORRELATION_S = 600.0
 EPSILON_KW = 1e-6
+ONE_DAY = timedelta(days=1)
 
 
 def _clamp(value: float, low: float, high: float) -> float:
     return low if value < low else high if value > high else value
+
+
+def _midpoint(now: datetime, dt_s: float) -> datetime:
+    return now - timedelta(seconds=dt_s / 2) if dt_s > 0 else now
 
 
 def _positive(energy_kwh: float) -> float:
@@ -80,8 +86,15 @@ class Conditions:
     local_date: date
     weekday: int  # Monday = 0, local
     minute_of_day: float  # local
+
+
+@dataclass(frozen=True, slots=True)
+class Sun:
+    """Sun position and clear-sky irradiance at one moment (computed only when PV asks)."""
+
+    at: datetime
     zenith_deg: float
-    sun_azimuth_deg: float
+    azimuth_deg: float
     dni_extra_w_m2: float
     ghi_clear_w_m2: float
 
@@ -101,6 +114,7 @@ class Site:
         self.linke_turbidity = linke_turbidity
         self.albedo = albedo
         self._cached: Conditions | None = None
+        self._cached_sun: Sun | None = None
 
     @classmethod
     def of(cls, park: Park) -> Site:
@@ -111,9 +125,24 @@ class Site:
         if cached is not None and cached.at == now:
             return cached
         local = now.astimezone(self.tz)
-        epoch = now.timestamp()
+        cached = Conditions(
+            at=now,
+            epoch_s=now.timestamp(),
+            local_date=local.date(),
+            weekday=local.weekday(),
+            minute_of_day=local.hour * 60
+            + local.minute
+            + (local.second + local.microsecond / 1e6) / 60,
+        )
+        self._cached = cached
+        return cached
+
+    def sun(self, now: datetime) -> Sun:
+        cached = self._cached_sun
+        if cached is not None and cached.at == now:
+            return cached
         position = solar.solar_position(
-            self.location.latitude_deg, self.location.longitude_deg, np.array([epoch])
+            self.location.latitude_deg, self.location.longitude_deg, np.array([now.timestamp()])
         )
         ghi = solar.clear_sky_ghi(
             position.zenith_deg,
@@ -121,18 +150,14 @@ class Site:
             self.location.altitude_m,
             self.linke_turbidity,
         )
-        cached = Conditions(
+        cached = Sun(
             at=now,
-            epoch_s=epoch,
-            local_date=local.date(),
-            weekday=local.weekday(),
-            minute_of_day=local.hour * 60 + local.minute + local.second / 60,
             zenith_deg=float(position.zenith_deg[0]),
-            sun_azimuth_deg=float(position.azimuth_deg[0]),
+            azimuth_deg=float(position.azimuth_deg[0]),
             dni_extra_w_m2=float(position.dni_extra_w_m2[0]),
             ghi_clear_w_m2=float(ghi[0]),
         )
-        self._cached = cached
+        self._cached_sun = cached
         return cached
 
     def local_epoch(self, day: date, minute_of_day: float) -> float:
@@ -154,7 +179,7 @@ class SimOptions:
     dropout_mean_s: float = DEFAULT_DROPOUT_MEAN_S  # mean length of a random dropout
 
 
-class SimModel:
+class SimModel(abc.ABC):
     """Physics, local control and connection faults of one simulated asset.
 
     Subclasses provide `_advance` (exogenous changes: weather, profile, arrivals), `_range`
@@ -201,8 +226,14 @@ class SimModel:
         return self.imported_kwh - self.exported_kwh
 
     def step(self, now: datetime, dt_s: float) -> None:
-        """Advance physics over the `dt_s` seconds that end at `now`."""
-        self._advance(self.site.conditions(now), dt_s)
+        """Advance physics over the `dt_s` seconds that end at `now`.
+
+        Weather, profiles and time windows are read at the middle of the step: the energy of
+        a step is then right to second order, and a window opening at 22:00 is first used by
+        the step that starts at 22:00. A step of zero or negative length changes no state.
+        """
+        dt_s = max(dt_s, 0.0)
+        self._advance(self.site.conditions(_midpoint(now, dt_s)), dt_s)
         self._respond(now, dt_s)
 
     def apply(self, setpoint: Setpoint) -> float:
@@ -274,18 +305,21 @@ class SimModel:
         return self.power_kw + (target - self.power_kw) * (1.0 - math.exp(-dt_s / lag))
 
     def _maybe_drop(self, now: datetime, dt_s: float) -> None:
-        chance = 1.0 - (1.0 - self.dropout_probability_per_h) ** (dt_s / 3600.0)
+        # the configured figure is read as a Poisson rate per hour: for small values it is the
+        # chance of a dropout within an hour, and 1.0 still leaves the device mostly online
+        chance = 1.0 - math.exp(-self.dropout_probability_per_h * dt_s / 3600.0)
         if self.rng.random() < chance:
             silent_s = self.rng.expovariate(1.0 / self.dropout_mean_s)
             self.silent_until = now + timedelta(seconds=silent_s)
 
     # --- per kind ---------------------------------------------------------------------------
 
-    def _advance(self, conditions: Conditions, dt_s: float) -> None:
+    def _advance(self, conditions: Conditions, dt_s: float) -> None:  # noqa: B027 (optional hook)
         """Exogenous changes over the step (weather, profile, arrivals); none by default."""
 
+    @abc.abstractmethod
     def _range(self, dt_s: float) -> tuple[float, float]:
-        raise NotImplementedError
+        """The power range physically possible over a step of `dt_s` from the current state."""
 
     def _local_kw(self) -> float:
         return 0.0
@@ -298,7 +332,9 @@ class SimModel:
     def _follow(self, now: datetime, target: float, dt_s: float, low: float, high: float) -> float:
         return _clamp(self._lagged(target, dt_s), low, high)
 
-    def _integrate(self, now: datetime, power_kw: float, dt_s: float, local_kw: float) -> None:
+    def _integrate(  # noqa: B027 (optional hook)
+        self, now: datetime, power_kw: float, dt_s: float, local_kw: float
+    ) -> None:
         """State update for the power delivered over the step; stateless kinds do nothing."""
 
     @classmethod
@@ -306,7 +342,8 @@ class SimModel:
         """Step many models of this class; subclasses vectorise what is costly per model."""
         if not models:
             return
-        conditions = models[0].site.conditions(now)
+        dt_s = max(dt_s, 0.0)
+        conditions = models[0].site.conditions(_midpoint(now, dt_s))
         for model in models:
             model._advance(conditions, dt_s)
             model._respond(now, dt_s)
@@ -405,7 +442,7 @@ class PvModel(SimModel):
         self._advance_clouds(dt_s)
         self.available_kw = float(
             _pv_available(
-                conditions,
+                self.site.sun(conditions.at),
                 self.site,
                 np.array([self.clear_sky_index]),
                 np.array([self.asset.tilt_deg]),
@@ -421,14 +458,15 @@ class PvModel(SimModel):
         pvs = [m for m in models if isinstance(m, PvModel)]
         if not pvs:
             return
-        conditions = pvs[0].site.conditions(now)
+        dt_s = max(dt_s, 0.0)
+        sun = pvs[0].site.sun(_midpoint(now, dt_s))
         for model in pvs:
             model._advance_clouds(dt_s)
-        if conditions.ghi_clear_w_m2 <= 0:
+        if sun.ghi_clear_w_m2 <= 0:
             available: Iterable[float] = [0.0] * len(pvs)
         else:
             available = _pv_available(
-                conditions,
+                sun,
                 pvs[0].site,
                 np.fromiter((m.clear_sky_index for m in pvs), float, len(pvs)),
                 np.fromiter((m.asset.tilt_deg for m in pvs), float, len(pvs)),
@@ -451,7 +489,7 @@ class PvModel(SimModel):
 
 
 def _pv_available(
-    conditions: Conditions,
+    sun: Sun,
     site: Site,
     clear_sky_index: np.ndarray,
     tilt_deg: np.ndarray,
@@ -460,17 +498,15 @@ def _pv_available(
     performance_ratio: np.ndarray,
     max_output_kw: np.ndarray,
 ) -> np.ndarray:
-    if conditions.ghi_clear_w_m2 <= 0:
+    if sun.ghi_clear_w_m2 <= 0:
         return np.zeros_like(clear_sky_index)
     irradiance = solar.erbs(
-        conditions.ghi_clear_w_m2 * clear_sky_index,
-        conditions.zenith_deg,
-        conditions.dni_extra_w_m2,
+        sun.ghi_clear_w_m2 * clear_sky_index, sun.zenith_deg, sun.dni_extra_w_m2
     )
     poa = solar.poa_irradiance(
         irradiance,
-        conditions.zenith_deg,
-        conditions.sun_azimuth_deg,
+        sun.zenith_deg,
+        sun.azimuth_deg,
         tilt_deg,
         azimuth_deg,
         site.albedo,
@@ -485,10 +521,12 @@ class CurtailableLoadModel(SimModel):
     """Process load following its profile with correlated noise; reductions are limited.
 
     Setpoint: the power to draw; it can only be lower than the local load, by at most
-    max_reduction_kw. A reduction lasting max_duration_min is force-released; a released
-    reduction rebounds (rebound_fraction of the curtailed energy spread over rebound_window_min)
-    and no new reduction starts for min_rest_min (after a forced release, at least the rebound
-    window). Local control: the profile.
+    max_reduction_kw. A reduction lasting max_duration_min is force-released. A released
+    reduction rebounds: rebound_fraction of the curtailed energy is owed, and drawn on top of
+    the profile at the rate that repays it over rebound_window_min, within the headroom under
+    the profile's peak (the process's enrolled maximum), so a rebound at peak hour takes
+    longer. No new reduction starts for min_rest_min (after a forced release, at least the
+    rebound window). Local control: the profile plus any rebound owed.
     """
 
     kind = AssetKind.CURTAILABLE_LOAD
@@ -505,16 +543,18 @@ class CurtailableLoadModel(SimModel):
         self.noise_state = self.rng.gauss(0.0, 1.0)
         self.max_reduction_kw = asset.max_reduction_kw
         self.max_duration_s = asset.max_duration_min * 60.0
+        self.rebound_window_s = asset.rebound_window_min * 60.0
+        self.peak_kw = profile.peak_kw
         self.baseline_kw = 0.0
-        self.rebound_kw = 0.0
-        self.rebound_until: datetime | None = None
+        self.rebound_owed_kwh = 0.0
+        self.rebound_rate_kw = 0.0
+        self.rebound_kw = 0.0  # the rebound drawn in the current step
         self.rest_until: datetime | None = None
         self.curtailing = False
         self.curtailed_s = 0.0
         self.curtailed_kwh = 0.0
         self.events = 0
         self.forced_releases = 0
-        self._now: datetime | None = None
 
     def _advance(self, conditions: Conditions, dt_s: float) -> None:
         values = self._weekend if conditions.weekday >= 5 and self._weekend else self._weekday
@@ -524,55 +564,62 @@ class CurtailableLoadModel(SimModel):
             self.noise_state = rho * self.noise_state + math.sqrt(1 - rho * rho) * self.rng.gauss(
                 0.0, 1.0
             )
-        self.baseline_kw = max(values[index] * (1.0 + self.noise_fraction * self.noise_state), 0.0)
-        if self.rebound_until is not None and conditions.at >= self.rebound_until:
+        noisy = values[index] * (1.0 + self.noise_fraction * self.noise_state)
+        self.baseline_kw = _clamp(noisy, 0.0, self.peak_kw)
+        if self.rebound_owed_kwh > 0 and dt_s > 0:
+            self.rebound_kw = min(
+                self.rebound_rate_kw,
+                self.peak_kw - self.baseline_kw,
+                self.rebound_owed_kwh / (dt_s / 3600.0),
+            )
+        else:
             self.rebound_kw = 0.0
-            self.rebound_until = None
-        self._now = conditions.at
 
     def _local_kw(self) -> float:
         return self.baseline_kw + self.rebound_kw
 
-    def _resting(self, now: datetime | None) -> bool:
-        rest = self.rest_until
-        return rest is not None and now is not None and now < rest
-
     def _range(self, dt_s: float) -> tuple[float, float]:
         local = self.baseline_kw + self.rebound_kw
-        if self._resting(self._now):
+        if self.rest_until is not None:
             return local, local
         return max(local - self.max_reduction_kw, 0.0), local
 
     def _integrate(self, now: datetime, power_kw: float, dt_s: float, local_kw: float) -> None:
+        hours = dt_s / 3600.0
+        if self.rebound_kw > 0:  # what was drawn above the profile repays the rebound owed
+            repaid = _clamp(power_kw - self.baseline_kw, 0.0, self.rebound_kw) * hours
+            self.rebound_owed_kwh = max(self.rebound_owed_kwh - repaid, 0.0)
+            if self.rebound_owed_kwh < 1e-9:
+                self.rebound_owed_kwh = 0.0
         setpoint = self.setpoint
         asked = (
             setpoint is not None
             and setpoint.power_kw < local_kw - EPSILON_KW
-            and not self._resting(now)
+            and self.rest_until is None
         )
         if asked:
             if not self.curtailing:
                 self.curtailing = True
                 self.events += 1
             self.curtailed_s += dt_s
-            self.curtailed_kwh += max(local_kw - power_kw, 0.0) * dt_s / 3600.0
+            self.curtailed_kwh += max(local_kw - power_kw, 0.0) * hours
             if self.curtailed_s >= self.max_duration_s:
                 self.forced_releases += 1
                 self._end_curtailment(now, forced=True)
         elif self.curtailing:
             self._end_curtailment(now, forced=False)
+        # the rest covers the steps that end by its deadline
+        if self.rest_until is not None and now >= self.rest_until:
+            self.rest_until = None
 
     def _end_curtailment(self, now: datetime, forced: bool) -> None:
-        window_s = self.asset.rebound_window_min * 60.0
-        energy = self.asset.rebound_fraction * self.curtailed_kwh
-        if self.rebound_until is not None and now < self.rebound_until:
-            energy += self.rebound_kw * (self.rebound_until - now).total_seconds() / 3600.0
-        if energy > 0:
-            self.rebound_kw = energy / (window_s / 3600.0)
-            self.rebound_until = now + timedelta(seconds=window_s)
+        owed = self.rebound_owed_kwh + self.asset.rebound_fraction * self.curtailed_kwh
+        if owed > 0:
+            self.rebound_owed_kwh = owed
+            self.rebound_rate_kw = owed / (self.rebound_window_s / 3600.0)
         rest_s = self.asset.min_rest_min * 60.0
         if forced:
-            rest_s = max(rest_s, window_s)
+            rest_s = max(rest_s, self.rebound_window_s)
         if rest_s > 0:
             self.rest_until = now + timedelta(seconds=rest_s)
         self.curtailing = False
@@ -614,6 +661,7 @@ class ShiftableLoadModel(SimModel):
         self.runs_completed = 0
         self._minute = 0.0
         self._must_run = False
+        self._partial_day = False
 
     def _advance(self, conditions: Conditions, dt_s: float) -> None:
         shifted = conditions.minute_of_day - self.anchor_minute
@@ -621,15 +669,18 @@ class ShiftableLoadModel(SimModel):
         minute = shifted % 1440
         if self.day is None:
             self.day = day
+            self._partial_day = True
         elif day != self.day:
-            if not (self.running and not self.asset.interruptible):
-                self.missed_kwh += _positive(self.quota_kwh - self.done_kwh)
-                self.done_kwh = 0.0
+            # an uninterruptible run under way finishes for the old day's quota
+            carry = self.running and not self.asset.interruptible
+            left = self._run_left() if carry else 0.0
+            if not self._partial_day:  # a day the model only saw part of is not judged
+                self.missed_kwh += _positive(self.quota_kwh - self.done_kwh - left)
+            self._partial_day = False
+            self.done_kwh = -left
+            if not carry:
                 self.run_kwh = 0.0
                 self.running = False
-            else:  # a run under way finishes for the old day's quota
-                self.missed_kwh += _positive(self.quota_kwh - self.done_kwh - self._run_left())
-                self.done_kwh = -self._run_left()
             self.day = day
         self._minute = minute
         remaining_min = (self.quota_kwh - self.done_kwh) / self.asset.power_kw * 60.0
@@ -829,9 +880,11 @@ def _water_fill(total: float, caps: Sequence[float]) -> list[float]:
 class EvDepotModel(SimModel):
     """EV depot: vehicles arrive (sessions, or Poisson from the arrival profile), charge, leave.
 
-    Setpoint: a station power cap shared equally over connected vehicles (each at most
-    charger_power_kw and what it still needs); negative with v2g discharges what the vehicles
-    received here. Local control: every vehicle at full charger power within station_limit_kw.
+    A session whose energy one charger cannot deliver in its dwell time is a group of vehicles
+    and plugs in as many as it needs. Setpoint: a station power cap shared equally over the
+    connected vehicles (each at most charger_power_kw and what it still needs); negative with
+    v2g discharges what the vehicles received here. Local control: every vehicle at full
+    charger power within station_limit_kw.
     """
 
     kind = AssetKind.EV_CHARGING
@@ -873,6 +926,20 @@ class EvDepotModel(SimModel):
         self.arrived += 1
         self.vehicles.append(Vehicle(need_kwh, 0.0, departure_s, now_s))
 
+    def _connect_session(
+        self, energy_kwh: float, arrival_s: float, departure_s: float, now_s: float
+    ) -> None:
+        """Plug in a session: one vehicle, or as many as its energy needs at charger power.
+
+        A fleet timetable books a group of vehicles as one session (a night's buses); a need
+        larger than one charger can deliver in the dwell time is split over that many vehicles.
+        """
+        dwell_h = (departure_s - arrival_s) / 3600.0
+        one_charger_kwh = self.asset.charger_power_kw * dwell_h
+        vehicles = max(1, math.ceil(energy_kwh / one_charger_kwh - 1e-9))
+        for _ in range(vehicles):
+            self._connect(energy_kwh / vehicles, departure_s, now_s)
+
     def _advance(self, conditions: Conditions, dt_s: float) -> None:
         now_s = conditions.epoch_s
         day = conditions.local_date
@@ -885,11 +952,15 @@ class EvDepotModel(SimModel):
                 # sessions already under way when the simulation starts are plugged in now
                 self._pending = [p for p in self._pending if p[1] > now_s]
             while self._pending and self._pending[0][0] <= now_s:
-                _, departure, energy = self._pending.pop(0)
+                arrival, departure, energy = self._pending.pop(0)
                 if departure > now_s:
-                    self._connect(energy, departure, now_s)
+                    if not self._started and arrival < now_s - dt_s / 2:
+                        # under way before the first step: as if it had charged evenly
+                        energy *= (departure - now_s) / (departure - arrival)
+                        arrival = now_s
+                    self._connect_session(energy, arrival, departure, now_s)
             if len(self._scheduled_days) > 4:
-                self._scheduled_days = {d for d in self._scheduled_days if d >= day}
+                self._scheduled_days = {d for d in self._scheduled_days if d >= day - ONE_DAY}
         profile = self.asset.arrival_profile
         if profile is not None and dt_s > 0:
             hour = int(conditions.minute_of_day // 60) % 24
@@ -899,7 +970,6 @@ class EvDepotModel(SimModel):
                 dwell_s = profile.mean_dwell_h * 3600.0 * self.rng.uniform(0.5, 1.5)
                 self._connect(energy, now_s + dwell_s, now_s)
         self._started = True
-        self._now_s = now_s
 
     def _caps(self, dt_s: float) -> tuple[list[float], list[float]]:
         power = self.asset.charger_power_kw
@@ -1167,6 +1237,14 @@ class SimAdapter(Adapter):
                     due[period] += timedelta(seconds=period)
                     if due[period] <= now:  # fell a whole period behind: skip, do not burst
                         self._late_ticks += 1
+                        if self._late_ticks == 1 or self._late_ticks % 100 == 0:
+                            log.warning(
+                                "%s: %d ticks fell a period behind (%.1f s late); "
+                                "too many assets for this clock speed",
+                                self.name,
+                                self._late_ticks,
+                                lateness,
+                            )
                         due[period] = now + timedelta(seconds=period)
                     self._max_lateness_s = max(self._max_lateness_s, lateness)
         finally:
@@ -1180,6 +1258,7 @@ class SimAdapter(Adapter):
         sink: TelemetrySink,
     ) -> None:
         self._ticks += 1
+        since_yield = 0
         for model_class, models in chunks:
             began = time.perf_counter()
             model_class.step_all(models, now, dt_s)
@@ -1189,7 +1268,10 @@ class SimAdapter(Adapter):
             if batch:
                 sink.accept(self.name, batch)
                 self._last_tick_at = now
-            await asyncio.sleep(0)  # let the control loop and the API run between chunks
+            since_yield += len(models)
+            if since_yield >= CHUNK_SIZE:  # let the control loop and the API run
+                since_yield = 0
+                await asyncio.sleep(0)
 
     def step_once(self, now: datetime, dt_s: float) -> list[Measurement]:
         """Step every model once, synchronously, and return the readings (for benchmarks)."""

@@ -37,7 +37,7 @@ class Availability(StrEnum):
 class FallbackMode(StrEnum):
     """What an asset is driven to when its telemetry goes stale."""
 
-    HOLD = "hold"  # keep the last setpoint until it expires
+    HOLD = "hold"  # keep re-sending the last setpoint, up to a maximum hold time
     RELEASE = "release"  # hand back to local control (no engine setpoint)
     SAFE = "safe"  # send the asset's configured safe value
 

@@ -21,6 +21,7 @@ from vpp.config.schema import (
     SimConnection,
 )
 from vpp.errors import ConfigError, Problem
+from vpp.metrics import Metrics
 
 AnyConnection = SimConnection | MqttConnection | HttpConnection | ModbusConnection | OcppConnection
 
@@ -45,7 +46,9 @@ def resolve_connection(enterprise: Enterprise, asset: AnyAsset) -> AnyConnection
     return connection
 
 
-def build_adapters(park: Park, clock: Clock, *, seed: int = 0) -> list[Adapter]:
+def build_adapters(
+    park: Park, clock: Clock, *, seed: int = 0, metrics: Metrics | None = None
+) -> list[Adapter]:
     """One adapter per protocol peer: the simulator, the OCPP server, Modbus devices, brokers."""
     by_kind: dict[type, list[tuple[Enterprise, AnyAsset, AnyConnection]]] = defaultdict(list)
     for enterprise, asset in park.iter_assets():

@@ -93,6 +93,7 @@ class Fleet:
         oldest = now - self.stale_after
         accepted = 0
         kept: list[Measurement] | None = [] if self.listeners else None
+        oldest_kept: datetime | None = None
         for m in measurements:
             entry = self._entries.get(m.asset_id)
             reason = self._check(entry, m, future_limit, oldest)
@@ -108,13 +109,16 @@ class Fleet:
             accepted += 1
             if kept is not None:
                 kept.append(m)
-            if self.metrics is not None:
-                self.metrics.message_latency.labels(adapter).observe(
-                    max((now - m.timestamp).total_seconds(), 0.0)
-                )
+            if oldest_kept is None or m.timestamp < oldest_kept:
+                oldest_kept = m.timestamp
         self.accepted += accepted
         if self.metrics is not None and accepted:
             self.metrics.telemetry_received.labels(adapter).inc(accepted)
+            if oldest_kept is not None:
+                # one observation per batch: the delay of its oldest reading
+                self.metrics.message_latency.labels(adapter).observe(
+                    max((now - oldest_kept).total_seconds(), 0.0)
+                )
         if kept:
             for listener in self.listeners:
                 listener(kept)

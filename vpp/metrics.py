@@ -35,7 +35,7 @@ class Metrics:
         )
         self.message_latency = Histogram(
             "vpp_message_latency_seconds",
-            "Delay from a reading's timestamp to its arrival in fleet state",
+            "Delay from the oldest reading of a batch to its arrival in fleet state",
             ["adapter"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,

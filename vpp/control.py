@@ -18,7 +18,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -253,6 +253,9 @@ class Controller:
         self._cycled = asyncio.Event()
         targets.subscribe(self._wake.set)
         self.last_report: CycleReport | None = None
+        # audit hooks: every setpoint as it leaves, every ack as it comes back
+        self.sent_listeners: list[Callable[[Setpoint], None]] = []
+        self.ack_listeners: list[Callable[[SetpointAck], None]] = []
         self.expired = 0
         self.clamped = 0
         self.sent = 0
@@ -661,6 +664,8 @@ class Controller:
         name = adapter.name
         self.sent += 1
         self.metrics.setpoints_sent.labels(name).inc()
+        for listener in self.sent_listeners:
+            listener(setpoint)
         started = time.perf_counter()
         reason = ""
         ack: SetpointAck | None = None
@@ -672,6 +677,9 @@ class Controller:
         except VPPError as err:
             reason = "error"
             log.debug("control: send to %s failed: %s", setpoint.asset_id, err)
+        if ack is not None:
+            for ack_listener in self.ack_listeners:
+                ack_listener(ack)
         if ack is not None and not ack.accepted:
             reason = ack.reason or "refused"
         if ack is not None and ack.correlation_id != setpoint.correlation_id:

@@ -169,6 +169,10 @@ class Engine:
         )
         if self.recorder is not None:
             self.fleet.listeners.append(self.recorder.offer)
+            if self.controller is not None:
+                recorder = self.recorder
+                self.controller.sent_listeners.append(lambda s: recorder.audit_setpoints((s,)))
+                self.controller.ack_listeners.append(lambda a: recorder.audit_acks((a,)))
         self.actions = StateActions(
             self.state,
             clock.now,

@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/park.yaml
 PYTEST_ARGS ?=
+PY_DIRS := vpp adapters dispatch market tests bench
 
 .PHONY: install demo test check lint typecheck bench format clean
 
@@ -24,8 +25,8 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install
 	$(BIN)/mypy
@@ -33,8 +34,8 @@ typecheck: install
 check: lint typecheck
 
 format: install
-	$(BIN)/ruff format .
-	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format $(PY_DIRS)
+	$(BIN)/ruff check --fix $(PY_DIRS)
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -8,6 +8,7 @@ four quarter-hours). Negative prices are valid values, not errors.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -111,15 +112,14 @@ def read_prices(path: Path | str) -> PriceSeries:
         problems.append(Problem(name, None, "", "no prices"))
     if problems:
         raise ConfigError(problems)
-    steps = {b - a for a, b in zip(stamps, stamps[1:], strict=False)}
+    steps = {b - a for a, b in itertools.pairwise(stamps)}
     interval = min(steps) if steps else timedelta(hours=1)
-    for k, (a, b) in enumerate(zip(stamps, stamps[1:], strict=False)):
+    for k, (a, b) in enumerate(itertools.pairwise(stamps)):
         if b - a != interval:
-            line = _line_of(rows, k + 1)
             problems.append(
                 Problem(
                     name,
-                    line,
+                    _line_of(rows, k + 1),
                     "timestamp",
                     f"{b.isoformat()} follows {a.isoformat()} after {b - a}, "
                     f"the series steps by {interval}",
@@ -168,9 +168,7 @@ def synthetic_prices(
     peak; each day gets its own random scale and the intervals a little noise.
     """
     rng = np.random.default_rng(seed)
-    hours = np.array(
-        [(s.timestamp() / 3600.0 + local_offset_h) % 24.0 for s in horizon.starts()]
-    )
+    hours = np.array([(s.timestamp() / 3600.0 + local_offset_h) % 24.0 for s in horizon.starts()])
     days = np.array([int((s - horizon.start).total_seconds() // 86400) for s in horizon.starts()])
     n_days = int(days.max()) + 1
     scale = rng.uniform(0.85, 1.15, n_days)[days]
@@ -180,9 +178,8 @@ def synthetic_prices(
         distance = np.minimum(np.abs(hours - centre), 24 - np.abs(hours - centre))
         return np.asarray(np.exp(-0.5 * (distance / width) ** 2))
 
-    shape = (
-        mean_per_mwh * (0.55 + 0.35 * bump(9.0, 1.5) + 0.9 * bump(19.5, 1.8))
-        - dip * bump(13.0, 1.8)
+    shape = mean_per_mwh * (0.55 + 0.35 * bump(9.0, 1.5) + 0.9 * bump(19.5, 1.8)) - dip * bump(
+        13.0, 1.8
     )
     prices = scale * shape + rng.normal(0.0, noise_per_mwh, hours.size)
-    return np.round(prices, 2)
+    return np.asarray(np.round(prices, 2), dtype=np.float64)

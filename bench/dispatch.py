@@ -1,0 +1,150 @@
+"""Benchmark of the day-ahead dispatch: one JSON line per run.
+
+    python bench/dispatch.py --assets 1000          # synthetic park of 1,000 assets
+    python bench/dispatch.py --config config/park.yaml
+    python bench/dispatch.py --suite                # the standard set `make bench` runs
+
+Each line: assets, intervals, wall_s (forecast + problem + solve), highs_s, model_s
+(model generation), objective, reference_objective (the monolithic Pyomo model's optimum, up to
+`--reference-max` assets; beyond it null and `bound` gives a proven lower bound instead),
+gap_percent, resolve_s (a second solve at new prices on the kept models) and resolve_ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # before bench/, whose dispatch.py would shadow the package
+
+from bench.reference import day_horizon, reference, scenario  # noqa: E402
+from dispatch.fast import Decomposed, solve_monolithic  # noqa: E402
+from dispatch.forecast import forecast_park  # noqa: E402
+from dispatch.problem import build_problem  # noqa: E402
+from dispatch.solve import Method, SolveOptions, solve  # noqa: E402
+from market.prices import synthetic_prices  # noqa: E402
+from vpp.config.loader import load_park  # noqa: E402
+from vpp.config.schema import Park  # noqa: E402
+
+SUITE = (100, 1000, 10_000)
+REFERENCE_MAX_ASSETS = 1000
+
+
+def run(
+    park: Park, *, seed: int, reference_max: int, options: SolveOptions, label: str
+) -> dict[str, Any]:
+    horizon = day_horizon(park)
+    prices = synthetic_prices(horizon, seed=seed)
+    started = time.perf_counter()
+    forecast = forecast_park(park, horizon)
+    forecast_done = time.perf_counter()
+    problem = build_problem(park, horizon, prices, forecast)
+    problem_done = time.perf_counter()
+    n = len(problem.asset_ids)
+    many = options.method is Method.DECOMPOSED or (
+        options.method is Method.AUTO and n > options.decompose_above_assets
+    )
+    decomposed = Decomposed(problem, options) if many else None
+    if decomposed is not None and len(decomposed.parts) > 1:
+        result = decomposed.solve()
+    else:
+        decomposed = None
+        result = solve(problem, options)
+    wall = time.perf_counter() - started
+    line: dict[str, Any] = {
+        "bench": "dispatch",
+        "scenario": label,
+        "assets": n,
+        "intervals": horizon.intervals,
+        "status": result.status.value,
+        "wall_s": round(wall, 3),
+        "forecast_s": round(forecast_done - started, 3),
+        "problem_s": round(problem_done - forecast_done, 3),
+        "solve_s": round(result.stats.wall_s, 3),
+        "model_s": round(result.stats.build_s, 3),
+        "highs_s": round(result.stats.solver_s, 3),
+        "model_share_of_solve": round(result.stats.build_s / max(result.stats.solver_s, 1e-9), 3),
+        "method": result.stats.method,
+        "subproblems": result.stats.subproblems,
+        "variables": result.stats.variables,
+        "objective": None if result.objective is None else round(result.objective, 3),
+    }
+    # A re-solve at new prices (another day's shape) on the kept models.
+    new_prices = synthetic_prices(horizon, seed=seed + 1000)
+    t0 = time.perf_counter()
+    if decomposed is not None:
+        decomposed.resolve(new_prices)
+    else:
+        solve_monolithic(problem.with_prices(new_prices), options)
+    resolve_s = time.perf_counter() - t0
+    line["resolve_s"] = round(resolve_s, 3)
+    line["resolve_ratio"] = round(resolve_s / max(result.stats.wall_s, 1e-9), 3)
+    line["reference_objective"] = None
+    line["bound"] = None
+    if n <= reference_max:
+        ref = reference(problem)
+        line["reference_objective"] = None if ref.objective is None else round(ref.objective, 3)
+        line["reference_model_s"] = round(ref.build_s, 3)
+        line["reference_highs_s"] = round(ref.highs_s, 3)
+        line["reference_status"] = ref.status
+        anchor = ref.objective
+    else:
+        # The monolithic model is too slow to solve at this size: the decomposition's
+        # Lagrangian lower bound (the optimum itself when the park limit did not bind).
+        bound = result.stats.lower_bound
+        line["bound"] = None if bound is None else round(bound, 3)
+        anchor = bound
+    if anchor is not None and result.objective is not None:
+        line["gap_percent"] = round(100.0 * (result.objective - anchor) / max(abs(anchor), 1e-9), 4)
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=int, help="synthetic park with this many assets")
+    parser.add_argument("--config", help="a park YAML instead of a synthetic park")
+    parser.add_argument("--suite", action="store_true", help="the standard set (make bench)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--reference-max", type=int, default=REFERENCE_MAX_ASSETS)
+    parser.add_argument("--chunk-assets", type=int, default=SolveOptions().chunk_assets)
+    parser.add_argument("--method", choices=[m.value for m in Method], default="auto")
+    parser.add_argument(
+        "--coarse", action="store_true", help="share the park limit once, without pricing it"
+    )
+    args = parser.parse_args(argv)
+    options = SolveOptions(
+        time_limit_s=600,
+        chunk_assets=args.chunk_assets,
+        method=Method(args.method),
+        refine_shares=not args.coarse,
+    )
+    runs: list[tuple[Park, str]] = []
+    if args.suite:
+        demo = ROOT / "config" / "park.yaml"
+        if demo.is_file():
+            runs.append((load_park(demo, ROOT / "config" / "markets").park, "demo"))
+        runs.extend((scenario(n, args.seed), f"synthetic-{n}") for n in SUITE)
+    elif args.config:
+        runs.append((load_park(args.config).park, Path(args.config).stem))
+    elif args.assets:
+        runs.append((scenario(args.assets, args.seed), f"synthetic-{args.assets}"))
+    else:
+        parser.error("give --assets N, --config PARK.yaml or --suite")
+    for park, label in runs:
+        line = run(
+            park, seed=args.seed, reference_max=args.reference_max, options=options, label=label
+        )
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

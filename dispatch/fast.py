@@ -1,0 +1,1344 @@
+"""Direct HiGHS path: the dispatch problem as numpy arrays passed to highspy in one call.
+
+Each asset kind is written once, vectorised over its assets and intervals, with the same
+variables and constraints as the Pyomo blocks in `dispatch.model` (the equivalence tests hold
+the two to the same optimum). Large problems are decomposed by enterprise: see
+`solve_decomposed`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import highspy
+import numpy as np
+
+from dispatch.problem import (
+    BatteryBlock,
+    BoolArray,
+    CurtailableBlock,
+    DispatchProblem,
+    EvBlock,
+    GeneratorBlock,
+    IntArray,
+    PvBlock,
+    ShiftableBlock,
+    ThermalBlock,
+    power_range_kw,
+    select_enterprises,
+)
+from dispatch.series import FloatArray
+from dispatch.solve import (
+    Diagnosis,
+    Result,
+    Schedule,
+    SolveOptions,
+    SolveStats,
+    Status,
+    Termination,
+    Violation,
+    ViolationKind,
+)
+
+INF = highspy.kHighsInf
+
+
+def _silence_banner() -> None:
+    """HiGHS prints a banner to stdout on its first instance, before any option can be set;
+    create that instance with stdout closed so a CLI's JSON output stays clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        highspy.Highs()  # type: ignore[no-untyped-call]
+    finally:
+        os.dup2(saved, 1)
+        os.close(null)
+        os.close(saved)
+
+
+_silence_banner()
+#: Charge and discharge both above this fraction of their limits count as simultaneous.
+SIMULTANEOUS_TOLERANCE = 1e-6
+#: Missing the award (target) costs this many times another soft target: the market
+#: commitment comes before a battery's end state or a cold store's band.
+TARGET_WEIGHT = 10.0
+#: An elastic (diagnosis) slack costs this many times the soft-target penalty.
+ELASTIC_FACTOR = 100.0
+
+
+class LinearProgram:
+    """Columns, rows and coefficients gathered as arrays, then handed to HiGHS at once."""
+
+    def __init__(self) -> None:
+        self.lower: list[FloatArray] = []
+        self.upper: list[FloatArray] = []
+        self.cost: list[FloatArray] = []
+        self.integer: list[FloatArray] = []
+        self.n = 0
+        self.row_lower: list[FloatArray] = []
+        self.row_upper: list[FloatArray] = []
+        self.m = 0
+        self.coef_rows: list[IntArray] = []
+        self.coef_cols: list[IntArray] = []
+        self.coef_values: list[FloatArray] = []
+        self.offset = 0.0
+        self.has_integers = False
+
+    def variables(
+        self,
+        shape: tuple[int, ...],
+        lower: object = 0.0,
+        upper: object = INF,
+        cost: object = 0.0,
+        integer: bool = False,
+    ) -> IntArray:
+        size = int(np.prod(shape))
+        index = np.arange(self.n, self.n + size, dtype=np.int64).reshape(shape)
+        self.n += size
+        self.lower.append(np.broadcast_to(np.asarray(lower, float), shape).ravel())
+        self.upper.append(np.broadcast_to(np.asarray(upper, float), shape).ravel())
+        self.cost.append(np.broadcast_to(np.asarray(cost, float), shape).ravel())
+        self.integer.append(np.full(size, 1.0 if integer else 0.0))
+        self.has_integers |= integer and size > 0
+        return index
+
+    def constraints(self, shape: tuple[int, ...], lower: object, upper: object) -> IntArray:
+        size = int(np.prod(shape))
+        index = np.arange(self.m, self.m + size, dtype=np.int64).reshape(shape)
+        self.m += size
+        self.row_lower.append(np.broadcast_to(np.asarray(lower, float), shape).ravel())
+        self.row_upper.append(np.broadcast_to(np.asarray(upper, float), shape).ravel())
+        return index
+
+    def terms(self, rows: object, cols: object, values: object) -> None:
+        r, c, v = np.broadcast_arrays(
+            np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(values, float)
+        )
+        keep = v != 0
+        self.coef_rows.append(r[keep].ravel())
+        self.coef_cols.append(c[keep].ravel())
+        self.coef_values.append(v[keep].ravel())
+
+    def set_bounds(self, cols: IntArray, lower: object, upper: object) -> None:
+        """Narrow already-created columns (used before `model`)."""
+        lo = np.concatenate(self.lower)
+        hi = np.concatenate(self.upper)
+        lo[cols] = np.broadcast_to(np.asarray(lower, float), cols.shape)
+        hi[cols] = np.broadcast_to(np.asarray(upper, float), cols.shape)
+        self.lower, self.upper = [lo], [hi]
+
+    def model(self) -> highspy.HighsModel:
+        lp = highspy.HighsLp()
+        lp.num_col_ = self.n
+        lp.num_row_ = self.m
+        lp.col_cost_ = _cat(self.cost)
+        lp.col_lower_ = _cat(self.lower)
+        lp.col_upper_ = _cat(self.upper)
+        lp.row_lower_ = _cat(self.row_lower)
+        lp.row_upper_ = _cat(self.row_upper)
+        lp.offset_ = self.offset
+        rows = _cat_int(self.coef_rows)
+        cols = _cat_int(self.coef_cols)
+        values = _cat(self.coef_values)
+        order = np.lexsort((rows, cols))
+        starts = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=self.n), out=starts[1:])
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = starts.astype(np.int32)
+        lp.a_matrix_.index_ = rows[order].astype(np.int32)
+        lp.a_matrix_.value_ = values[order]
+        lp.a_matrix_.num_col_ = self.n
+        lp.a_matrix_.num_row_ = self.m
+        if self.has_integers:
+            kinds = _cat(self.integer)
+            lp.integrality_ = [
+                highspy.HighsVarType.kInteger if k else highspy.HighsVarType.kContinuous
+                for k in kinds
+            ]
+        model = highspy.HighsModel()
+        model.lp_ = lp
+        return model
+
+    @property
+    def nonzeros(self) -> int:
+        return int(sum(v.size for v in self.coef_values))
+
+
+def _cat(parts: Sequence[FloatArray]) -> FloatArray:
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _cat_int(parts: Sequence[IntArray]) -> IntArray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+@dataclass(slots=True)
+class _Soft:
+    """A family of slack columns whose positive values are reported as violations."""
+
+    kind: ViolationKind
+    subjects: tuple[str, ...]
+    cols: IntArray  # (n,) or (n, T)
+    scale: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _RunStarts:
+    """Start binaries of one uninterruptible load: `runs` non-overlapping runs of `length`."""
+
+    cols: IntArray
+    length: int
+    runs: int
+
+    def round(self, x: FloatArray) -> FloatArray:
+        """The LP's most-wanted starts, greedily, that do not overlap."""
+        values = x[self.cols]
+        chosen = np.zeros(self.cols.size)
+        busy = np.zeros(self.cols.size + self.length, dtype=bool)
+        for k in np.argsort(-values, kind="stable"):
+            if chosen.sum() >= self.runs or values[k] <= 1e-6:
+                break
+            if not busy[k : k + self.length].any():
+                chosen[k] = 1.0
+                busy[k : k + self.length] = True
+        return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class _Threshold:
+    """Binaries rounded at one half (commitment, charge-or-discharge)."""
+
+    cols: IntArray
+
+    def round(self, x: FloatArray) -> FloatArray:
+        return np.asarray((x[self.cols] >= 0.5).astype(float))
+
+
+@dataclass(slots=True)
+class Built:
+    """A generated model and where to find each quantity in its solution."""
+
+    lp: LinearProgram
+    problem: DispatchProblem
+    # Power of asset `power_asset[j]` in interval `power_interval[j]` gets
+    # `power_coef[j] * x[power_col[j]]`, on top of `power_const`.
+    power_asset: list[IntArray] = field(default_factory=list)
+    power_interval: list[IntArray] = field(default_factory=list)
+    power_col: list[IntArray] = field(default_factory=list)
+    power_coef: list[FloatArray] = field(default_factory=list)
+    power_const: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    soc_cols: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    charge_cols: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    discharge_cols: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    temp_cols: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    import_cols: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    export_cols: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    net_cols: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    owed_cols: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    soft: list[_Soft] = field(default_factory=list)
+    hard: list[_Soft] = field(default_factory=list)
+    exclusive: BoolArray | None = None
+    rounding: list[_RunStarts | _Threshold] = field(default_factory=list)
+    build_s: float = 0.0
+
+    def add_power(self, asset: IntArray, cols: IntArray, coef: object) -> None:
+        t = self.problem.intervals
+        asset2 = np.broadcast_to(np.asarray(asset)[:, None], cols.shape)
+        interval = np.broadcast_to(np.arange(t)[None, :], cols.shape)
+        self.power_asset.append(asset2.ravel())
+        self.power_interval.append(interval.ravel())
+        self.power_col.append(cols.ravel())
+        self.power_coef.append(np.broadcast_to(np.asarray(coef, float), cols.shape).ravel())
+
+    def power(self, x: FloatArray) -> FloatArray:
+        power = self.power_const.copy()
+        if self.power_col:
+            cols = _cat_int(self.power_col)
+            real = cols >= 0
+            np.add.at(
+                power,
+                (_cat_int(self.power_asset)[real], _cat_int(self.power_interval)[real]),
+                _cat(self.power_coef)[real] * x[cols[real]],
+            )
+        return power
+
+
+def build(
+    problem: DispatchProblem,
+    *,
+    exclusive: BoolArray | None = None,
+    elastic: bool = False,
+    net_column: bool = False,
+    exclusive_batteries: IntArray | None = None,
+) -> Built:
+    """The model of `problem` as arrays.
+
+    `exclusive` (batteries × intervals) marks where a binary forbids charging and discharging
+    at once;
+    `elastic` relaxes every hard limit with a heavily penalised slack (for the diagnosis);
+    `net_column` puts the park's net power in its own column bounded by the park limits, so a
+    sub-problem's share of those limits can be changed in place (`Built.net_cols`).
+    `exclusive_batteries` (battery rows) is the older form of `exclusive`: every interval.
+    """
+    if exclusive_batteries is not None and exclusive_batteries.size:
+        rows = np.zeros((len(problem.batteries.asset_ids), problem.intervals), dtype=bool)
+        rows[exclusive_batteries] = True
+        exclusive = rows if exclusive is None else exclusive | rows
+    started = time.perf_counter()
+    lp = LinearProgram()
+    built = Built(lp, problem)
+    built.exclusive = exclusive
+    t = problem.intervals
+    n_assets = len(problem.asset_ids)
+    built.power_const = np.zeros((n_assets, t))
+    offset = 0
+    offset = _battery(built, problem.batteries, offset, exclusive)
+    offset = _pv(built, problem.pv, offset)
+    offset = _curtailable(built, problem.curtailable, offset)
+    offset = _shiftable(built, problem.shiftable, offset)
+    offset = _thermal(built, problem.thermal, offset)
+    offset = _ev(built, problem.ev, offset)
+    offset = _generators(built, problem.generators, offset)
+    _coupling(built, elastic, net_column)
+    built.build_s = time.perf_counter() - started
+    return built
+
+
+def _energy(problem: DispatchProblem) -> float:
+    """Currency per (kW × interval) at 1 currency/MWh."""
+    return problem.horizon.hours / 1000.0
+
+
+def _penalty_kwh(problem: DispatchProblem) -> float:
+    return problem.penalty_per_mwh / 1000.0
+
+
+def _shifted(index: IntArray) -> IntArray:
+    """The column of the previous interval (same row), for t >= 1."""
+    return index[:, :-1]
+
+
+def _battery(built: Built, block: BatteryBlock, offset: int, exclusive: BoolArray | None) -> int:
+    n = len(block.asset_ids)
+    if n == 0:
+        return offset
+    p = built.problem
+    lp = built.lp
+    t = p.intervals
+    h = p.horizon.hours
+    wear = block.degradation_cost_per_mwh[:, None] * _energy(p)
+    charge = lp.variables((n, t), 0.0, block.charge_max_kw, wear)
+    discharge = lp.variables((n, t), 0.0, block.discharge_max_kw, wear)
+    soc = lp.variables((n, t), block.energy_min_kwh[:, None], block.energy_max_kwh[:, None])
+    rhs = np.zeros((n, t))
+    rhs[:, 0] = block.energy_initial_kwh
+    balance = lp.constraints((n, t), rhs, rhs)
+    lp.terms(balance, soc, 1.0)
+    lp.terms(balance[:, 1:], _shifted(soc), -1.0)
+    lp.terms(balance, charge, -h * block.charge_efficiency[:, None])
+    lp.terms(balance, discharge, h / block.discharge_efficiency[:, None])
+    short = lp.variables((n,), 0.0, INF, _penalty_kwh(p))
+    terminal = lp.constraints((n,), block.energy_terminal_kwh, INF)
+    lp.terms(terminal, soc[:, -1], 1.0)
+    lp.terms(terminal, short, 1.0)
+    built.soft.append(_Soft(ViolationKind.TERMINAL_ENERGY, block.asset_ids, short))
+    if exclusive is not None and exclusive.any():
+        charge_only, binary = exclusive_split(p, exclusive)
+        b_idx, t_idx = np.nonzero(charge_only)
+        lp.set_bounds(discharge[b_idx, t_idx], 0.0, 0.0)
+        b_idx, t_idx = np.nonzero(binary)
+        k = b_idx.size
+        charging = lp.variables((k,), 0.0, 1.0, 0.0, integer=True)
+        built.rounding.append(_Threshold(charging))
+        cmax = block.charge_max_kw[b_idx, t_idx]
+        dmax = block.discharge_max_kw[b_idx, t_idx]
+        rows_c = lp.constraints((k,), -INF, 0.0)
+        lp.terms(rows_c, charge[b_idx, t_idx], 1.0)
+        lp.terms(rows_c, charging, -cmax)
+        rows_d = lp.constraints((k,), -INF, dmax)
+        lp.terms(rows_d, discharge[b_idx, t_idx], 1.0)
+        lp.terms(rows_d, charging, dmax)
+    assets = offset + np.arange(n)
+    built.add_power(assets, charge, 1.0)
+    built.add_power(assets, discharge, -1.0)
+    built.soc_cols, built.charge_cols, built.discharge_cols = soc, charge, discharge
+    return offset + n
+
+
+def _pv(built: Built, block: PvBlock, offset: int) -> int:
+    n = len(block.asset_ids)
+    if n == 0:
+        return offset
+    p = built.problem
+    t = p.intervals
+    cost = block.curtailment_cost_per_mwh[:, None] * _energy(p)
+    # Output is a column only where it may be curtailed; elsewhere it is the forecast.
+    upper = np.where(block.curtailable, block.generation_kw, 0.0)
+    output = built.lp.variables((n, t), 0.0, upper, -cost)
+    built.lp.offset += float(np.sum(cost * upper))
+    built.power_const[offset : offset + n] -= np.where(block.curtailable, 0.0, block.generation_kw)
+    built.add_power(offset + np.arange(n), output, -1.0)
+    return offset + n
+
+
+def _window_sum(
+    lp: LinearProgram, rows: IntArray, cols: IntArray, length: IntArray, coef: object
+) -> None:
+    """Add coef × cols[i, t-length[i]+1 .. t] to rows[i, t] (windows cut at the start)."""
+    n, t = cols.shape
+    coef_arr = np.broadcast_to(np.asarray(coef, float), (n,))
+    for lag in range(int(length.max(initial=0))):
+        active = lag < length
+        if not active.any() or lag >= t:
+            continue
+        r = rows[active][:, lag:]
+        c = cols[active][:, : t - lag]
+        lp.terms(r, c, coef_arr[active][:, None])
+
+
+def _curtailable(built: Built, block: CurtailableBlock, offset: int) -> int:
+    n = len(block.asset_ids)
+    if n == 0:
+        return offset
+    p = built.problem
+    lp = built.lp
+    t = p.intervals
+    cost = block.cost_per_mwh[:, None] * _energy(p)
+    reduce = lp.variables((n, t), 0.0, block.reduction_max_kw, cost)
+    assets = offset + np.arange(n)
+    built.power_const[offset : offset + n] += block.baseline_kw
+    built.add_power(assets, reduce, -1.0)
+    # Duration: within any max_duration + max(rest, 1) intervals, at most max_duration at
+    # full depth.
+    window = block.max_duration_intervals + np.maximum(block.rest_intervals, 1)
+    limited = np.flatnonzero(block.max_duration_intervals < t)
+    if limited.size:
+        depth = block.reduction_max_kw[limited].max(axis=1)
+        cap = (block.max_duration_intervals[limited] * depth)[:, None]
+        rows = lp.constraints((limited.size, t), -INF, cap)
+        _window_sum(lp, rows, reduce[limited], window[limited], 1.0)
+    rebound = np.flatnonzero(block.rebound_fraction > 0)
+    if rebound.size:
+        k = rebound.size
+        rho = block.rebound_fraction[rebound]
+        draw = lp.variables((k, t), 0.0, block.rebound_max_kw[rebound][:, None])
+        last_price = np.zeros((k, t))
+        last_price[:, -1] = p.price_per_mwh[-1] / 1000.0
+        owed = lp.variables((k, t), 0.0, INF, last_price)
+        built.owed_cols = owed
+        flow = lp.constraints((k, t), 0.0, 0.0)
+        lp.terms(flow, owed, 1.0)
+        lp.terms(flow[:, 1:], _shifted(owed), -1.0)
+        lp.terms(flow, reduce[rebound], -rho[:, None])
+        lp.terms(flow, draw, 1.0)
+        recent = lp.constraints((k, t), -INF, 0.0)
+        lp.terms(recent, owed, 1.0)
+        _window_sum(lp, recent, reduce[rebound], block.rebound_window_intervals[rebound], -rho)
+        built.add_power(assets[rebound], draw, 1.0)
+    return offset + n
+
+
+def _shiftable(built: Built, block: ShiftableBlock, offset: int) -> int:
+    n = len(block.asset_ids)
+    if n == 0:
+        return offset
+    p = built.problem
+    lp = built.lp
+    t = p.intervals
+    h = p.horizon.hours
+    fixed = block.fixed
+    built.power_const[offset : offset + n] += np.where(fixed[:, None], block.baseline_kw, 0.0)
+    free = np.flatnonzero(block.interruptible & ~fixed)
+    if free.size:
+        k = free.size
+        upper = np.where(block.allowed[free], block.power_kw[free][:, None], 0.0)
+        power = lp.variables((k, t), 0.0, upper)
+        short = lp.variables((k,), 0.0, INF, _penalty_kwh(p))
+        energy = lp.constraints((k,), block.energy_kwh[free], block.energy_kwh[free])
+        lp.terms(energy[:, None], power, h)
+        lp.terms(energy, short, 1.0)
+        built.add_power(offset + free, power, 1.0)
+        built.soft.append(
+            _Soft(ViolationKind.SHIFTABLE_ENERGY, tuple(block.asset_ids[i] for i in free), short)
+        )
+    for i in np.flatnonzero(~block.interruptible & ~fixed):
+        profile = block.run_profile_kw[i]
+        length = profile.size
+        starts = _run_starts(block.allowed[i], length)
+        start = lp.variables((1, t), 0.0, starts.astype(float)[None, :], integer=True)
+        built.rounding.append(_RunStarts(start[0], length, int(block.runs[i])))
+        short = lp.variables((1,), 0.0, INF, _penalty_kwh(p) * profile.sum() * h)
+        runs = lp.constraints((1,), float(block.runs[i]), float(block.runs[i]))
+        lp.terms(runs[:, None], start, 1.0)
+        lp.terms(runs, short, 1.0)
+        overlap = lp.constraints((1, t), -INF, 1.0)
+        for lag in range(length):
+            lp.terms(overlap[:, lag:], start[:, : t - lag], 1.0)
+            built.add_power(np.array([offset + i]), _lag_cols(start, lag), profile[lag])
+        built.soft.append(
+            _Soft(ViolationKind.SHIFTABLE_ENERGY, (block.asset_ids[i],), short, profile.sum() * h)
+        )
+    return offset + n
+
+
+def _run_starts(allowed: np.ndarray, length: int) -> np.ndarray:
+    """Intervals where a run of `length` intervals may start (all of it allowed, in horizon)."""
+    t = allowed.size
+    ok = np.zeros(t, dtype=bool)
+    for k in range(t - length + 1):
+        ok[k] = bool(allowed[k : k + length].all())
+    return ok
+
+
+def _lag_cols(start: IntArray, lag: int) -> IntArray:
+    """Columns of `start` delayed by `lag` intervals; -1 (no column) before it."""
+    out = np.full(start.shape, -1, dtype=np.int64)
+    out[:, lag:] = start[:, : start.shape[1] - lag]
+    return out
+
+
+def _thermal(built: Built, block: ThermalBlock, offset: int) -> int:
+    n = len(block.asset_ids)
+    if n == 0:
+        return offset
+    p = built.problem
+    lp = built.lp
+    t = p.intervals
+    a = block.decay(p.horizon.hours)[:, None]
+    sign = np.where(block.heating, 1.0, -1.0)[:, None]
+    ua = block.loss_kw_per_k[:, None]
+    power = lp.variables((n, t), block.power_min_kw, block.power_max_kw)
+    temp = lp.variables((n, t), -INF, INF)
+    rhs = (1 - a) * (block.ambient_c + block.gain_kw[:, None] / ua)
+    rhs[:, 0] += a[:, 0] * block.temp_initial_c
+    dynamics = lp.constraints((n, t), rhs, rhs)
+    lp.terms(dynamics, temp, 1.0)
+    lp.terms(dynamics[:, 1:], _shifted(temp), -a)
+    lp.terms(dynamics, power, -(1 - a) * sign * block.cop[:, None] / ua)
+    # A kelvin of band or end temperature is worth the electric energy that moves it.
+    per_k = _penalty_kwh(p) * block.capacity_kwh_per_k / block.cop
+    over = lp.variables((n, t), 0.0, INF, per_k[:, None])
+    under = lp.variables((n, t), 0.0, INF, per_k[:, None])
+    top = lp.constraints((n, t), -INF, block.temp_max_c[:, None])
+    lp.terms(top, temp, 1.0)
+    lp.terms(top, over, -1.0)
+    bottom = lp.constraints((n, t), block.temp_min_c[:, None], INF)
+    lp.terms(bottom, temp, 1.0)
+    lp.terms(bottom, under, 1.0)
+    drift = lp.variables((n,), 0.0, INF, per_k)
+    # End no further towards the costly side than the start: cooling ends no warmer.
+    end = lp.constraints((n,), -INF, block.temp_initial_c * -sign[:, 0])
+    lp.terms(end, temp[:, -1], -sign[:, 0])
+    lp.terms(end, drift, -1.0)
+    built.add_power(offset + np.arange(n), power, 1.0)
+    built.temp_cols = temp
+    built.soft.append(_Soft(ViolationKind.TEMPERATURE_BAND, block.asset_ids, over))
+    built.soft.append(_Soft(ViolationKind.TEMPERATURE_BAND, block.asset_ids, under))
+    built.soft.append(_Soft(ViolationKind.TERMINAL_TEMPERATURE, block.asset_ids, drift))
+    return offset + n
+
+
+def _ev(built: Built, block: EvBlock, offset: int) -> int:
+    n = len(block.asset_ids)
+    if n == 0:
+        return offset
+    p = built.problem
+    lp = built.lp
+    t = p.intervals
+    h = p.horizon.hours
+    m = block.session_depot.size
+    if m:
+        charge = lp.variables((m, t), block.session_min_kw, block.session_max_kw)
+        short = lp.variables((m,), 0.0, INF, _penalty_kwh(p))
+        energy = lp.constraints((m,), block.session_energy_kwh, INF)
+        lp.terms(energy[:, None], charge, h)
+        lp.terms(energy, short, 1.0)
+        station = lp.constraints((n, t), -INF, block.station_limit_kw[:, None])
+        lp.terms(station[block.session_depot], charge, 1.0)
+        built.add_power(offset + block.session_depot, charge, 1.0)
+        subjects = tuple(block.asset_ids[d] for d in block.session_depot)
+        built.soft.append(_Soft(ViolationKind.EV_ENERGY, subjects, short))
+    return offset + n
+
+
+def _generators(built: Built, block: GeneratorBlock, offset: int) -> int:
+    n = len(block.asset_ids)
+    if n == 0:
+        return offset
+    p = built.problem
+    lp = built.lp
+    t = p.intervals
+    unit = block.cost_per_mwh + p.carbon_price_per_t * block.emission_kg_per_kwh
+    output = lp.variables((n, t), 0.0, block.max_kw, unit[:, None] * _energy(p))
+    ramp = block.ramp_kw_per_interval
+    limited = np.flatnonzero(np.isfinite(ramp))
+    if limited.size:
+        step = np.maximum(ramp[limited], block.min_kw[limited])[:, None]
+        rows = lp.constraints((limited.size, t - 1), -step, step)
+        lp.terms(rows, output[limited][:, 1:], 1.0)
+        lp.terms(rows, output[limited][:, :-1], -1.0)
+    committed = np.flatnonzero(block.needs_commitment)
+    if committed.size:
+        k = committed.size
+        on = lp.variables((k, t), 0.0, 1.0, integer=True)
+        built.rounding.append(_Threshold(on.ravel()))
+        start = lp.variables((k, t), 0.0, 1.0, block.startup_cost[committed][:, None])
+        low = lp.constraints((k, t), 0.0, INF)
+        lp.terms(low, output[committed], 1.0)
+        lp.terms(low, on, -block.min_kw[committed][:, None])
+        high = lp.constraints((k, t), -INF, 0.0)
+        lp.terms(high, output[committed], 1.0)
+        lp.terms(high, on, -block.max_kw[committed])
+        starting = lp.constraints((k, t), 0.0, INF)  # start[t] >= on[t] - on[t-1]
+        lp.terms(starting, start, 1.0)
+        lp.terms(starting, on, -1.0)
+        lp.terms(starting[:, 1:], on[:, :-1], 1.0)
+        up = block.min_up_intervals[committed]
+        if np.any(up > 1):
+            stay = lp.constraints((k, t), -INF, 0.0)  # started within min-up => on
+            lp.terms(stay, on, -1.0)
+            _window_sum(lp, stay, start, up, 1.0)
+    built.add_power(offset + np.arange(n), output, -1.0)
+    return offset + n
+
+
+def _coupling(built: Built, elastic: bool, net_column: bool) -> None:
+    p = built.problem
+    lp = built.lp
+    t = p.intervals
+    e = len(p.enterprise_ids)
+    asset_ent = p.asset_enterprise_index
+    power_rows_asset = _cat_int(built.power_asset)
+    power_rows_t = _cat_int(built.power_interval)
+    power_cols = _cat_int(built.power_col)
+    power_coef = _cat(built.power_coef)
+    real = power_cols >= 0
+    power_rows_asset, power_rows_t = power_rows_asset[real], power_rows_t[real]
+    power_cols, power_coef = power_cols[real], power_coef[real]
+    const_ent = np.zeros((e, t))
+    np.add.at(const_ent, asset_ent, built.power_const)
+    const_ent += p.enterprise_base_kw
+    big = _penalty_kwh(p) * ELASTIC_FACTOR * p.horizon.hours
+
+    # Enterprise connections: -export <= sum of power + base <= import.
+    ent_rows = lp.constraints(
+        (e, t),
+        -p.enterprise_export_limit_kw[:, None] - const_ent,
+        p.enterprise_import_limit_kw[:, None] - const_ent,
+    )
+    lp.terms(ent_rows[asset_ent[power_rows_asset], power_rows_t], power_cols, power_coef)
+    if elastic:
+        over = lp.variables((e, t), 0.0, INF, big)
+        under = lp.variables((e, t), 0.0, INF, big)
+        lp.terms(ent_rows, over, -1.0)
+        lp.terms(ent_rows, under, 1.0)
+        built.hard.append(_Soft(ViolationKind.ENTERPRISE_IMPORT_LIMIT, p.enterprise_ids, over))
+        built.hard.append(_Soft(ViolationKind.ENTERPRISE_EXPORT_LIMIT, p.enterprise_ids, under))
+
+    # Park grid connection: sum of power + base = import - export.
+    imp_cap = np.full(t, p.park_import_limit_kw)
+    exp_cap = np.full(t, p.park_export_limit_kw)
+    buy, sell = grid_costs(p)
+    total_const = const_ent.sum(axis=0)
+    grid = lp.constraints((t,), -total_const, -total_const)
+    lp.terms(grid[power_rows_t], power_cols, power_coef)
+    if net_column:
+        imports = lp.variables((t,), 0.0, INF, buy)
+        exports = lp.variables((t,), 0.0, INF, sell)
+        net = lp.variables((t,), -exp_cap, imp_cap)
+        lp.terms(grid, net, -1.0)
+        link = lp.constraints((t,), 0.0, 0.0)
+        lp.terms(link, net, 1.0)
+        lp.terms(link, imports, -1.0)
+        lp.terms(link, exports, 1.0)
+        built.net_cols = net
+    else:
+        imports = lp.variables((t,), 0.0, imp_cap, buy)
+        exports = lp.variables((t,), 0.0, exp_cap, sell)
+        lp.terms(grid, imports, -1.0)
+        lp.terms(grid, exports, 1.0)
+    built.import_cols, built.export_cols = imports, exports
+    if elastic:
+        over = lp.variables((1, t), 0.0, INF, big)
+        under = lp.variables((1, t), 0.0, INF, big)
+        lp.terms(grid[None, :], over, -1.0)
+        lp.terms(grid[None, :], under, 1.0)
+        built.hard.append(_Soft(ViolationKind.PARK_IMPORT_LIMIT, ("park",), over))
+        built.hard.append(_Soft(ViolationKind.PARK_EXPORT_LIMIT, ("park",), under))
+
+    if p.target_kw is not None:
+        active = np.flatnonzero(np.isfinite(p.target_kw))
+        if active.size:
+            goal = p.target_kw[active]
+            rows = lp.constraints((1, active.size), goal[None, :], goal[None, :])
+            per_kw = _penalty_kwh(p) * TARGET_WEIGHT * p.horizon.hours
+            more = lp.variables((1, active.size), 0.0, INF, per_kw)
+            less = lp.variables((1, active.size), 0.0, INF, per_kw)
+            lp.terms(rows, imports[active][None, :], 1.0)
+            lp.terms(rows, exports[active][None, :], -1.0)
+            lp.terms(rows, more, 1.0)
+            lp.terms(rows, less, -1.0)
+            full_more = np.full((1, t), -1, dtype=np.int64)
+            full_less = np.full((1, t), -1, dtype=np.int64)
+            full_more[:, active] = more
+            full_less[:, active] = less
+            built.soft.append(_Soft(ViolationKind.TARGET, ("park",), full_more))
+            built.soft.append(_Soft(ViolationKind.TARGET, ("park",), full_less))
+
+
+def grid_costs(p: DispatchProblem) -> tuple[FloatArray, FloatArray]:
+    """Cost per kW·interval of importing (energy and carbon) and of exporting (a revenue)."""
+    t = p.intervals
+    emission = p.grid_emission_kg_per_kwh if p.grid_emission_kg_per_kwh is not None else np.zeros(t)
+    buy = (p.price_per_mwh + p.carbon_price_per_t * emission) * _energy(p)
+    return buy, -p.export_price_per_mwh * _energy(p)
+
+
+# --- running HiGHS ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Run:
+    """One HiGHS run of a built model."""
+
+    built: Built
+    highs: highspy.Highs
+    termination: Termination
+    has_solution: bool
+    x: FloatArray
+    objective: float
+    solver_s: float
+    mip_gap: float | None
+
+
+def _highs(options: SolveOptions, time_limit_s: float | None = None) -> highspy.Highs:
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("time_limit", float(time_limit_s or options.time_limit_s))
+    highs.setOptionValue("mip_rel_gap", float(options.mip_gap))
+    highs.setOptionValue("threads", int(options.threads))
+    highs.setOptionValue("random_seed", 0)
+    return highs
+
+
+_TERMINATION = {
+    highspy.HighsModelStatus.kOptimal: Termination.OPTIMAL,
+    highspy.HighsModelStatus.kInfeasible: Termination.INFEASIBLE,
+    highspy.HighsModelStatus.kUnboundedOrInfeasible: Termination.INFEASIBLE,
+    highspy.HighsModelStatus.kUnbounded: Termination.UNBOUNDED,
+    highspy.HighsModelStatus.kTimeLimit: Termination.TIME_LIMIT,
+    highspy.HighsModelStatus.kIterationLimit: Termination.ITERATION_LIMIT,
+    highspy.HighsModelStatus.kInterrupt: Termination.INTERRUPTED,
+    highspy.HighsModelStatus.kObjectiveBound: Termination.OPTIMAL,
+    highspy.HighsModelStatus.kSolutionLimit: Termination.ITERATION_LIMIT,
+}
+
+
+def run(built: Built, options: SolveOptions, time_limit_s: float | None = None) -> Run:
+    highs = _highs(options, time_limit_s)
+    if not built.lp.has_integers:
+        # These LPs are block-banded and already tight: presolve costs more than it saves
+        # (about 3× the solve on a 50-asset part). MIPs keep it for their cuts.
+        highs.setOptionValue("presolve", "off")
+    started = time.perf_counter()
+    model = built.lp.model()
+    highs.passModel(model)
+    built.build_s += time.perf_counter() - started
+    if built.lp.has_integers:
+        _give_incumbent(built, model, highs, options)
+    return _rerun(built, highs)
+
+
+def _give_incumbent(
+    built: Built, model: highspy.HighsModel, highs: highspy.Highs, options: SolveOptions
+) -> None:
+    """Hand the MIP a good first schedule: round the LP relaxation's binaries (greedy run
+    starts, commitments at one half), fix them and solve the LP that is left.
+
+    These MIPs' relaxations are tight (a gap of about 1e-6 on the demo park), so with this
+    incumbent HiGHS proves the gap at the root instead of searching sub-MIPs for seconds.
+    """
+    lp_solver = _highs(options)
+    lp_solver.setOptionValue("solve_relaxation", True)
+    lp_solver.setOptionValue("presolve", "off")
+    lp_solver.passModel(model)
+    lp_solver.run()
+    if lp_solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return
+    x = np.asarray(lp_solver.getSolution().col_value)
+    cols = _cat_int([group.cols for group in built.rounding])
+    values = _cat([group.round(x) for group in built.rounding])
+    lp_solver.changeColsBounds(cols.size, cols.astype(np.int32), values, values)
+    lp_solver.run()
+    if lp_solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return
+    start = highspy.HighsSolution()
+    start.col_value = list(lp_solver.getSolution().col_value)
+    start.value_valid = True
+    highs.setSolution(start)
+
+
+def _rerun(built: Built, highs: highspy.Highs) -> Run:
+    started = time.perf_counter()
+    highs.run()
+    solver_s = time.perf_counter() - started
+    status = highs.getModelStatus()
+    termination = _TERMINATION.get(status, Termination.SOLVER_ERROR)
+    info = highs.getInfo()
+    has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    x = np.asarray(highs.getSolution().col_value) if has_solution else np.zeros(built.lp.n)
+    gap = float(info.mip_gap) if built.lp.has_integers and has_solution else None
+    objective = float(info.objective_function_value) if has_solution else float("nan")
+    return Run(built, highs, termination, has_solution, x, objective, solver_s, gap)
+
+
+def burning(
+    problem: DispatchProblem,
+    charge_kw: FloatArray,
+    discharge_kw: FloatArray,
+    exclusive: BoolArray | None,
+) -> BoolArray | None:
+    """Where batteries need a binary against charging and discharging at once, or None if
+    the plan is physical as it stands.
+
+    A battery that charges and discharges in the same interval burns energy in its losses,
+    which pays when energy is worth less than nothing (negative prices, surplus behind an
+    export limit). Each such interval, and every interval of that battery priced as low or
+    lower, gets a binary — the plan would otherwise move the burning there.
+    """
+    block = problem.batteries
+    if not block.asset_ids:
+        return None
+    scale = np.maximum(block.charge_max_kw.max(axis=1), 1e-9)[:, None]
+    both = np.minimum(charge_kw, discharge_kw) > SIMULTANEOUS_TOLERANCE * scale
+    current = np.zeros_like(both) if exclusive is None else exclusive
+    new = both & ~current
+    if not new.any():
+        return None
+    price = problem.price_per_mwh
+    worst = np.where(new, price[None, :], -np.inf).max(axis=1)
+    return np.asarray(current | new | (price[None, :] <= worst[:, None]))
+
+
+def exclusive_split(problem: DispatchProblem, exclusive: BoolArray) -> tuple[BoolArray, BoolArray]:
+    """(charge only, binary) parts of an `exclusive` mask.
+
+    Where the price is negative, discharging only pays the buyer to take the energy: the
+    battery may charge or idle, a bound rather than a binary. Elsewhere a binary chooses.
+    """
+    negative = (problem.price_per_mwh < 0)[None, :]
+    return np.asarray(exclusive & negative), np.asarray(exclusive & ~negative)
+
+
+def _burning(built: Built, x: FloatArray) -> BoolArray | None:
+    if not built.problem.batteries.asset_ids:
+        return None
+    return burning(built.problem, x[built.charge_cols], x[built.discharge_cols], built.exclusive)
+
+
+def _simultaneous(built: Built, x: FloatArray) -> IntArray:
+    """Batteries that charge and discharge in the same interval in solution x (any interval)."""
+    block = built.problem.batteries
+    if not block.asset_ids:
+        return np.zeros(0, np.int64)
+    scale = np.maximum(block.charge_max_kw.max(axis=1), 1e-9)[:, None]
+    both = np.minimum(x[built.charge_cols], x[built.discharge_cols]) > (
+        SIMULTANEOUS_TOLERANCE * scale
+    )
+    return np.flatnonzero(both.any(axis=1))
+
+
+def schedule_of(built: Built, x: FloatArray) -> Schedule:
+    p = built.problem
+    soc = {a: x[built.soc_cols[i]] for i, a in enumerate(p.batteries.asset_ids)}
+    temp = {a: x[built.temp_cols[i]] for i, a in enumerate(p.thermal.asset_ids)}
+    return Schedule(p.asset_ids, p.horizon, built.power(x), soc, temp)
+
+
+def violations(families: list[_Soft], x: FloatArray, tolerance: float = 1e-4) -> list[Violation]:
+    found: list[Violation] = []
+    for family in families:
+        cols = family.cols.reshape(len(family.subjects), -1) if family.cols.size else family.cols
+        if cols.size == 0:
+            continue
+        values = np.where(cols >= 0, x[np.maximum(cols, 0)], 0.0) * family.scale
+        for i, subject in enumerate(family.subjects):
+            hit = np.flatnonzero(values[i] > tolerance)
+            if hit.size:
+                found.append(
+                    Violation(family.kind, subject, float(values[i].max()), int(hit[0]), hit.size)
+                )
+    return found
+
+
+def _status(termination: Termination, has_solution: bool, proven: bool) -> Status:
+    if has_solution:
+        return Status.OPTIMAL if termination is Termination.OPTIMAL and proven else Status.FEASIBLE
+    if termination in (Termination.INFEASIBLE, Termination.UNBOUNDED):
+        return Status.INFEASIBLE if termination is Termination.INFEASIBLE else Status.ERROR
+    if termination in (
+        Termination.TIME_LIMIT,
+        Termination.ITERATION_LIMIT,
+        Termination.INTERRUPTED,
+    ):
+        return Status.NO_SOLUTION
+    return Status.ERROR
+
+
+def diagnose(problem: DispatchProblem, options: SolveOptions) -> Diagnosis:
+    """Which hard limits no schedule can meet: the elastic model's positive slacks."""
+    built = build(problem, elastic=True)
+    result = run(built, replace(options, mip_gap=max(options.mip_gap, 0.01)))
+    if not result.has_solution:
+        return Diagnosis()
+    return Diagnosis(
+        hard=tuple(violations(built.hard, result.x)),
+        soft=tuple(violations(built.soft, result.x)),
+    )
+
+
+def solve_physical(
+    problem: DispatchProblem,
+    options: SolveOptions,
+    deadline: float,
+    *,
+    net_column: bool = False,
+    net_bounds: tuple[FloatArray, FloatArray] | None = None,
+    exclusive: BoolArray | None = None,
+) -> tuple[Run, float, float]:
+    """Solve; where batteries would charge and discharge at once they get binaries that
+    forbid it (see `burning`) and the model is solved again. Returns the last run, build
+    seconds and solver seconds."""
+    build_s = solver_s = 0.0
+    rebuild = True
+    while True:
+        if rebuild:
+            built = build(problem, exclusive=exclusive, net_column=net_column)
+            if net_bounds is not None:
+                built.lp.set_bounds(built.net_cols, net_bounds[0], net_bounds[1])
+            outcome = run(built, options, max(deadline - time.perf_counter(), 0.01))
+            build_s += built.build_s
+        else:
+            outcome = _rerun(built, outcome.highs)
+        solver_s += outcome.solver_s
+        if not outcome.has_solution:
+            return outcome, build_s, solver_s
+        wider = _burning(built, outcome.x)
+        if wider is None:
+            return outcome, build_s, solver_s
+        # Charge-only intervals are bounds: set them in place and re-solve from the basis.
+        # New binaries need a new model.
+        old_binary = (
+            exclusive_split(problem, built.exclusive)[1] if built.exclusive is not None else None
+        )
+        only, binary = exclusive_split(problem, wider)
+        rebuild = bool(binary.any()) and (old_binary is None or bool((binary & ~old_binary).any()))
+        exclusive = wider
+        if not rebuild:
+            cols = built.discharge_cols[only].astype(np.int32)
+            zeros = np.zeros(cols.size)
+            outcome.highs.changeColsBounds(cols.size, cols, zeros, zeros)
+            built.exclusive = wider
+
+
+def solve_monolithic(problem: DispatchProblem, options: SolveOptions) -> Result:
+    """One model of the whole problem."""
+    started = time.perf_counter()
+    outcome, build_s, solver_s = solve_physical(problem, options, started + options.time_limit_s)
+    return finish(problem, options, outcome, started, build_s, solver_s)
+
+
+def finish(
+    problem: DispatchProblem,
+    options: SolveOptions,
+    outcome: Run,
+    started: float,
+    build_s: float,
+    solver_s: float,
+    *,
+    subproblems: int = 1,
+    method: str = "monolithic",
+    lower_bound: float | None = None,
+) -> Result:
+    built = outcome.built
+    diagnosis: Diagnosis | None = None
+    if outcome.has_solution:
+        soft = violations(built.soft, outcome.x)
+        diagnosis = Diagnosis(soft=tuple(soft)) if soft else None
+        schedule: Schedule | None = schedule_of(built, outcome.x)
+        objective: float | None = outcome.objective
+    else:
+        schedule, objective = None, None
+        if outcome.termination is Termination.INFEASIBLE and options.diagnose:
+            diagnosis = diagnose(problem, options)
+    proven = outcome.mip_gap is None or outcome.mip_gap <= options.mip_gap + 1e-9
+    stats = SolveStats(
+        wall_s=time.perf_counter() - started,
+        build_s=build_s,
+        solver_s=solver_s,
+        variables=built.lp.n,
+        constraints=built.lp.m,
+        integer_variables=int(_cat(built.lp.integer).sum()),
+        subproblems=subproblems,
+        lower_bound=lower_bound,
+        method=method,
+    )
+    status = _status(outcome.termination, outcome.has_solution, proven)
+    return Result(status, outcome.termination, schedule, objective, stats, diagnosis)
+
+
+# --- decomposition by enterprise --------------------------------------------------------------
+
+
+def enterprise_groups(problem: DispatchProblem, assets_per_group: int) -> list[IntArray]:
+    """Consecutive enterprises gathered until a group holds about `assets_per_group` assets."""
+    counts = np.bincount(problem.asset_enterprise_index, minlength=len(problem.enterprise_ids))
+    groups: list[IntArray] = []
+    current: list[int] = []
+    size = 0
+    for e, count in enumerate(counts):
+        if current and size + count > assets_per_group:
+            groups.append(np.array(current, dtype=np.int64))
+            current, size = [], 0
+        current.append(e)
+        size += int(count)
+    if current:
+        groups.append(np.array(current, dtype=np.int64))
+    return groups
+
+
+@dataclass(slots=True)
+class Part:
+    """One sub-problem: whole enterprises, with the park's net power in its own column."""
+
+    problem: DispatchProblem
+    rows: IntArray  # rows of its assets in the full problem's schedule
+    low_kw: FloatArray  # loosest net power per interval
+    high_kw: FloatArray
+    outcome: Run | None = None
+
+    @property
+    def net_kw(self) -> FloatArray:
+        assert self.outcome is not None
+        return np.asarray(self.outcome.x[self.outcome.built.net_cols])
+
+
+class Decomposed:
+    """A large problem as sub-problems of whole enterprises, coupled only by the park limits.
+
+    Each part is solved alone, allowed the whole park limit. If the parts together keep within
+    it, their plans are the optimum (nothing else couples them). Otherwise the park limit is
+    shared out in the intervals where it binds — a part's share is its own plan plus a slice of
+    the excess (or spare) in proportion to how far it can move — and the parts are solved again
+    from their previous basis. The models are kept, so a re-solve at new prices only changes
+    costs (`resolve`).
+    """
+
+    def __init__(self, problem: DispatchProblem, options: SolveOptions) -> None:
+        self.problem = problem
+        self.options = options
+        row_of = {a: i for i, a in enumerate(problem.asset_ids)}
+        low, high = power_range_kw(problem)
+        ent = problem.asset_enterprise_index
+        self.parts: list[Part] = []
+        for group in enterprise_groups(problem, options.chunk_assets):
+            sub = select_enterprises(problem, group.tolist())
+            rows = np.array([row_of[a] for a in sub.asset_ids], dtype=np.int64)
+            inside = np.isin(ent, group)
+            base = problem.enterprise_base_kw[group].sum(axis=0)
+            self.parts.append(
+                Part(sub, rows, low[inside].sum(axis=0) + base, high[inside].sum(axis=0) + base)
+            )
+        self.shared = False  # whether the last solve had to share the park limit out
+
+    def solve(self) -> Result:
+        started = time.perf_counter()
+        deadline = started + self.options.time_limit_s
+        build_s = solver_s = 0.0
+        for part in self.parts:
+            outcome, b, s = solve_physical(part.problem, self.options, deadline, net_column=True)
+            part.outcome = outcome
+            build_s += b
+            solver_s += s
+            if not outcome.has_solution:
+                return self._failed(part, outcome, started, build_s, solver_s)
+        return self._coordinate(started, deadline, build_s, solver_s)
+
+    def _failed(
+        self, part: Part, outcome: Run, started: float, build_s: float, solver_s: float
+    ) -> Result:
+        """A part alone, allowed the whole park limit, has no schedule: the park has none
+        either (infeasible: the part's own limits are at fault), or time ran out."""
+        return finish(
+            part.problem,
+            self.options,
+            outcome,
+            started,
+            build_s,
+            solver_s,
+            subproblems=len(self.parts),
+            method="decomposed",
+        )
+
+    def _whole(self, started: float) -> Result:
+        """Shares that did not work out: solve the whole problem in the time that is left."""
+        left = self.options.time_limit_s - (time.perf_counter() - started)
+        return solve_monolithic(self.problem, replace(self.options, time_limit_s=max(left, 1.0)))
+
+    def resolve(
+        self, price_per_mwh: FloatArray, export_price_per_mwh: FloatArray | None = None
+    ) -> Result:
+        """Solve again at new prices, from the kept models and their last basis."""
+        started = time.perf_counter()
+        deadline = started + self.options.time_limit_s
+        old_problem = self.problem
+        self.problem = self.problem.with_prices(price_per_mwh, export_price_per_mwh)
+        if self.problem.penalty_per_mwh != old_problem.penalty_per_mwh:
+            # Penalties follow the largest price and sit in every part's costs: rebuild.
+            self.parts = Decomposed(self.problem, self.options).parts
+            return self.solve()
+        build_s = solver_s = 0.0
+        for part in self.parts:
+            old = part.problem
+            part.problem = part.problem.with_prices(price_per_mwh, export_price_per_mwh)
+            assert part.outcome is not None
+            built = part.outcome.built
+            highs = part.outcome.highs
+            buy, sell = grid_costs(part.problem)
+            cols = np.concatenate([built.import_cols, built.export_cols])
+            costs = np.concatenate([buy, sell])
+            if built.owed_cols.size:
+                cols = np.concatenate([cols, built.owed_cols[:, -1]])
+                last = part.problem.price_per_mwh[-1] / 1000.0
+                costs = np.concatenate([costs, np.full(built.owed_cols.shape[0], last)])
+            highs.changeColsCost(cols.size, cols.astype(np.int32), costs)
+            if built.exclusive is not None:
+                # Charge-only bounds came from the old negative prices: lift them (binaries
+                # stay, they only keep the plan physical) and check the new plan again.
+                only, binary = exclusive_split(old, built.exclusive)
+                free = built.discharge_cols[only].astype(np.int32)
+                upper = part.problem.batteries.discharge_max_kw[only]
+                highs.changeColsBounds(free.size, free, np.zeros(free.size), upper)
+                built.exclusive = binary if binary.any() else None
+            built.problem = part.problem
+            _set_net_bounds(part, *self._full_limits())
+            highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.01))
+            outcome = _rerun(built, highs)
+            solver_s += outcome.solver_s
+            more = _burning(built, outcome.x) if outcome.has_solution else None
+            if more is not None:
+                outcome, b, s = solve_physical(
+                    part.problem, self.options, deadline, net_column=True, exclusive=more
+                )
+                build_s += b
+                solver_s += s
+            part.outcome = outcome
+            if not outcome.has_solution:
+                return self._failed(part, outcome, started, build_s, solver_s)
+        return self._coordinate(started, deadline, build_s, solver_s)
+
+    def _full_limits(self) -> tuple[FloatArray, FloatArray]:
+        t = self.problem.intervals
+        return (
+            np.full(t, -self.problem.park_export_limit_kw),
+            np.full(t, self.problem.park_import_limit_kw),
+        )
+
+    def _coordinate(
+        self, started: float, deadline: float, build_s: float, solver_s: float
+    ) -> Result:
+        p = self.problem
+        lower, upper = self._full_limits()
+        tolerance = 1e-6 * max(p.park_import_limit_kw, p.park_export_limit_kw, 1.0)
+        total = np.sum([part.net_kw for part in self.parts], axis=0)
+        self.shared = bool(np.any(total > upper + tolerance) or np.any(total < lower - tolerance))
+        self.bound = None
+        if not self.shared:
+            return self._assemble(started, build_s, solver_s)
+        # 1. Share the limit out in proportion to how far each part can move.
+        b, s = self._solve_within(self._shares(total, lower, upper), deadline)
+        build_s, solver_s = build_s + b, solver_s + s
+        if self.options.refine_shares:
+            # 2. Price the park's net power at the limit's marginal value (the mean over the
+            # parts of what a kW more of share is worth to them) and solve each part alone:
+            # this is a Lagrangian relaxation, so it also bounds the optimum from below.
+            mu = self._marginal_values()
+            self._price_net(mu)
+            self.bound, s = self._relaxed(mu, lower, upper, deadline)
+            solver_s += s
+            # 3. Share the limit out around those priced plans, unpriced again.
+            total = np.sum([part.net_kw for part in self.parts], axis=0)
+            self._price_net(np.zeros(p.intervals))
+            b, s = self._solve_within(self._shares(total, lower, upper), deadline)
+            build_s, solver_s = build_s + b, solver_s + s
+        if any(part.outcome is None or not part.outcome.has_solution for part in self.parts):
+            return self._whole(started)
+        total = np.sum([part.net_kw for part in self.parts], axis=0)
+        if np.any(total > upper + tolerance) or np.any(total < lower - tolerance):
+            return self._whole(started)
+        return self._assemble(started, build_s, solver_s)
+
+    def _solve_within(
+        self, shares: list[tuple[FloatArray, FloatArray]], deadline: float
+    ) -> tuple[float, float]:
+        """Re-solve every part within its share of the park limits, from its last basis."""
+        build_s = solver_s = 0.0
+        for part, (lo, hi) in zip(self.parts, shares, strict=True):
+            outcome = part.outcome
+            assert outcome is not None
+            net = part.net_kw
+            _set_net_bounds(part, lo, hi)
+            if np.all(net <= hi + 1e-9) and np.all(net >= lo - 1e-9) and outcome.has_solution:
+                # Its plan fits its share: still optimal under the tighter bounds.
+                continue
+            outcome.highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.01))
+            rerun = _rerun(outcome.built, outcome.highs)
+            solver_s += rerun.solver_s
+            more = _burning(rerun.built, rerun.x) if rerun.has_solution else None
+            if more is not None:
+                # New simultaneous charge and discharge: rebuild this part with binaries.
+                rerun, b, s = solve_physical(
+                    part.problem,
+                    self.options,
+                    deadline,
+                    net_column=True,
+                    net_bounds=(lo, hi),
+                    exclusive=more,
+                )
+                build_s += b
+                solver_s += s
+            part.outcome = rerun
+            if not rerun.has_solution:
+                break
+        return build_s, solver_s
+
+    def _marginal_values(self) -> FloatArray:
+        """Mean over the parts of the reduced cost of their net power column, sign flipped:
+        > 0 where more import share would save money, < 0 where more export share would."""
+        duals = []
+        for part in self.parts:
+            assert part.outcome is not None
+            reduced = np.asarray(part.outcome.highs.getSolution().col_dual)
+            duals.append(reduced[part.outcome.built.net_cols])
+        return np.asarray(-np.mean(np.array(duals), axis=0))
+
+    def _price_net(self, mu: FloatArray) -> None:
+        for part in self.parts:
+            assert part.outcome is not None
+            cols = part.outcome.built.net_cols.astype(np.int32)
+            part.outcome.highs.changeColsCost(cols.size, cols, mu)
+
+    def _relaxed(
+        self, mu: FloatArray, lower: FloatArray, upper: FloatArray, deadline: float
+    ) -> tuple[float, float]:
+        """Solve every part with its net power priced at `mu` and the whole park limit;
+        return the Lagrangian bound and the solver seconds."""
+        bound = -float(np.sum(np.maximum(mu, 0) * upper) - np.sum(np.maximum(-mu, 0) * lower))
+        solver_s = 0.0
+        for part in self.parts:
+            outcome = part.outcome
+            assert outcome is not None
+            _set_net_bounds(part, lower, upper)
+            outcome.highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.01))
+            rerun = _rerun(outcome.built, outcome.highs)
+            solver_s += rerun.solver_s
+            if not rerun.has_solution:
+                return -np.inf, solver_s
+            # A MIP part bounds with its dual bound, an LP part with its optimum.
+            info = outcome.highs.getInfo()
+            bound += (
+                float(info.mip_dual_bound) if outcome.built.lp.has_integers else rerun.objective
+            )
+            part.outcome = rerun
+        return bound, solver_s
+
+    def _shares(
+        self, total: FloatArray, lower: FloatArray, upper: FloatArray
+    ) -> list[tuple[FloatArray, FloatArray]]:
+        nets = np.array([part.net_kw for part in self.parts])
+        lows = np.array([part.low_kw for part in self.parts])
+        highs = np.array([part.high_kw for part in self.parts])
+        down_room = np.maximum(nets - lows, 0.0)
+        up_room = np.maximum(highs - nets, 0.0)
+
+        def weights(room: FloatArray) -> FloatArray:
+            sums = room.sum(axis=0)
+            even = np.full_like(room, 1.0 / room.shape[0])
+            return np.where(sums > 0, room / np.where(sums > 0, sums, 1.0), even)
+
+        spare_up = upper - total  # < 0 where the import limit is exceeded
+        spare_down = total - lower  # < 0 where the export limit is exceeded
+        cap_hi = nets + spare_up * weights(np.where(spare_up < 0, down_room, up_room))
+        cap_lo = nets - spare_down * weights(np.where(spare_down < 0, up_room, down_room))
+        cap_lo = np.minimum(cap_lo, cap_hi)
+        return [(cap_lo[k], cap_hi[k]) for k in range(len(self.parts))]
+
+    def _assemble(self, started: float, build_s: float, solver_s: float) -> Result:
+        p = self.problem
+        power = np.zeros((len(p.asset_ids), p.intervals))
+        soc: dict[str, FloatArray] = {}
+        temp: dict[str, FloatArray] = {}
+        soft: list[Violation] = []
+        objective = 0.0
+        proven = True
+        variables = constraints = integers = 0
+        for part in self.parts:
+            outcome = part.outcome
+            assert outcome is not None
+            sched = schedule_of(outcome.built, outcome.x)
+            power[part.rows] = sched.power_kw
+            soc.update(sched.soc_kwh)
+            temp.update(sched.temperature_c)
+            soft.extend(violations(outcome.built.soft, outcome.x))
+            objective += outcome.objective
+            proven &= outcome.termination is Termination.OPTIMAL and (
+                outcome.mip_gap is None or outcome.mip_gap <= self.options.mip_gap + 1e-9
+            )
+            lp = outcome.built.lp
+            variables += lp.n
+            constraints += lp.m
+            integers += int(_cat(lp.integer).sum())
+        # Exact when nothing was shared out and each part nets its own imports and exports
+        # the way the park would (same price both ways).
+        exact = not self.shared and bool(np.all(p.export_price_per_mwh == p.price_per_mwh))
+        status = Status.OPTIMAL if proven and exact else Status.FEASIBLE
+        stats = SolveStats(
+            wall_s=time.perf_counter() - started,
+            build_s=build_s,
+            solver_s=solver_s,
+            variables=variables,
+            constraints=constraints,
+            integer_variables=integers,
+            subproblems=len(self.parts),
+            lower_bound=objective if status is Status.OPTIMAL else self.bound,
+            method="decomposed",
+        )
+        schedule = Schedule(p.asset_ids, p.horizon, power, soc, temp)
+        diagnosis = Diagnosis(soft=tuple(soft)) if soft else None
+        termination = Termination.OPTIMAL if proven else Termination.TIME_LIMIT
+        return Result(status, termination, schedule, objective, stats, diagnosis)
+
+    bound: float | None = None  # Lagrangian lower bound from the last solve, when shared
+
+
+def _set_net_bounds(part: Part, lower: FloatArray, upper: FloatArray) -> None:
+    """Set a part's share of the park limits (bounds of its net power column)."""
+    assert part.outcome is not None
+    cols = part.outcome.built.net_cols
+    part.outcome.highs.changeColsBounds(cols.size, cols.astype(np.int32), lower, upper)
+
+
+def solve_decomposed(problem: DispatchProblem, options: SolveOptions) -> Result:
+    """Solve by parts of whole enterprises (see `Decomposed`)."""
+    if problem.target_kw is not None and np.any(np.isfinite(problem.target_kw)):
+        return solve_monolithic(problem, options)  # a target couples every asset
+    decomposed = Decomposed(problem, options)
+    if len(decomposed.parts) == 1:
+        return solve_monolithic(problem, options)
+    return decomposed.solve()

@@ -87,34 +87,37 @@ def test_an_asset_served_twice_is_refused() -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_vpp_run_stops_cleanly_on_signal(sig: signal.Signals) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vpp.cli",
-            "run",
-            "--config",
-            str(SMALL),
-            "--markets",
-            str(MARKETS),
-            "--speed",
-            "60",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()  # the first status line: the engine is running
-        assert "park" in first
-        process.send_signal(sig)
-        out, err = process.communicate(timeout=10)
-    finally:
-        process.kill()
+def test_vpp_run_stops_cleanly_on_signal(sig: signal.Signals, tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "vpp.cli",
+        "run",
+        "--config",
+        str(SMALL),
+        "--markets",
+        str(MARKETS),
+        "--speed",
+        "60",
+        "--no-plan",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        f"sqlite:///{tmp_path / 'run.db'}",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as process:
+        try:
+            assert process.stdout is not None
+            lines = [process.stdout.readline() for _ in range(2)]
+            assert lines[0].startswith("API and dashboard: http://127.0.0.1:")
+            assert "park" in lines[1]  # the first status line: the engine is running
+            process.send_signal(sig)
+            out, err = process.communicate(timeout=20)
+        finally:
+            process.kill()
     assert process.returncode == 0, err
     assert f"run ended (signal {sig.name})" in out
     assert "Traceback" not in err

@@ -1,0 +1,123 @@
+"""The whole engine on the small park: plan, bid, clear, follow, audit, serve, store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from adapters.factory import build_adapters
+from dispatch.bids import BidOptions
+from vpp.api import TokenStore
+from vpp.clock import AcceleratedClock
+from vpp.config import load_park
+from vpp.engine import Engine, EngineOptions
+from vpp.planner import PriceSource, day_horizon, plan_day
+from vpp.store import Store
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ROOT / "tests/fixtures/small_park.yaml"
+MARKETS = ROOT / "config/markets"
+DAY = date(2026, 7, 15)
+
+
+async def test_engine_plans_bids_follows_audits_and_serves(tmp_path: Path) -> None:
+    loaded = load_park(SMALL, MARKETS)
+    park = loaded.park
+    prices = PriceSource(seed=3)
+    horizon = day_horizon(DAY, loaded)
+    plan = plan_day(
+        loaded, horizon, prices.on(horizon), bid_options=BidOptions(relative_offsets=(-0.5, 0.5))
+    )
+    assert plan.result.ok
+    assert len(plan.bid_curves) == horizon.intervals
+
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=park.tz) + timedelta(hours=10)
+    clock = AcceleratedClock(start, 300.0)
+    store = Store(f"sqlite:///{tmp_path / 'engine.db'}")
+    store.migrate()
+    tokens = TokenStore.parse("operator-secret-0123456789:operator")
+    options = EngineOptions(
+        prices=prices,
+        plan_today=False,
+        plan_next_days=False,
+        serve_api=True,
+        listen="127.0.0.1:0",
+        tokens=tokens,
+        store=store,
+    )
+    lines: list[str] = []
+    engine = Engine(
+        loaded, clock, build_adapters(park, clock, seed=2), options=options, report=lines.append
+    )
+    assert engine.planner is not None
+    engine.planner.commit(plan, DAY, day_ahead=True)
+    assert engine.targets.award_at(start) is not None  # the simulated market cleared the day
+
+    runner = engine.run(duration_s=40 * 60)
+    summary = await runner
+    store.close()
+
+    assert summary.reason == "duration reached"
+    assert summary.setpoints_sent > 0
+    assert summary.setpoints_acked > 0
+    finished = [t for t in summary.intervals if t.target_kwh is not None]
+    assert len(finished) >= 2  # at least two whole market intervals were followed and judged
+    assert any(line.startswith("API and dashboard: http://127.0.0.1:") for line in lines)
+    assert any(line.startswith("market: 96 intervals awarded") for line in lines)
+
+    db = sqlite3.connect(tmp_path / "engine.db")
+    awards = db.execute("SELECT COUNT(*) FROM awards").fetchone()[0]
+    audited, acked = db.execute("SELECT COUNT(*), SUM(acked) FROM setpoint_audit").fetchone()
+    telemetry = db.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
+    schedules = db.execute("SELECT COUNT(*) FROM schedules").fetchone()[0]
+    db.close()
+    assert awards == 96
+    assert audited == summary.setpoints_sent  # every setpoint that left is in the audit log
+    assert acked == summary.setpoints_acked
+    assert telemetry == summary.readings_accepted  # nothing accepted was lost on the way to disk
+    assert schedules == 1
+
+
+async def test_api_serves_live_state_while_running(tmp_path: Path) -> None:
+    loaded = load_park(SMALL, MARKETS)
+    park = loaded.park
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=park.tz) + timedelta(hours=11)
+    clock = AcceleratedClock(start, 60.0)
+    options = EngineOptions(
+        serve_api=True,
+        listen="127.0.0.1:0",
+        tokens=TokenStore.parse("op-token-0123456789abcdef:operator"),
+    )
+    engine = Engine(loaded, clock, build_adapters(park, clock), options=options)
+    task = asyncio.create_task(engine.run())
+    try:
+        for _ in range(100):
+            if engine.address is not None and engine.fleet.aggregate().available == 7:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.address is not None
+        host, port = engine.address
+        headers = {"Authorization": "Bearer op-token-0123456789abcdef"}
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+            async with http.get("/api/v1/park", headers=headers) as response:
+                assert response.status == 200
+                body = await response.json()
+            async with http.get("/api/v1/park") as response:
+                assert response.status == 401
+            async with http.get("/metrics") as response:
+                text = await response.text()
+            async with http.get("/") as response:
+                assert response.status == 200
+                assert "<html" in (await response.text()).lower()
+        assert body["id"] == "small"
+        assert "vpp_telemetry_received_total" in text
+    finally:
+        engine.stop()
+        await task

@@ -87,6 +87,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with the awards as target, or keep the plan",
     )
     parser.add_argument(
+        "--warmup-days",
+        type=int,
+        default=None,
+        help="days of local control metered before the first bid day (default: as many as "
+        "the DR product's baseline needs, e.g. 7 for the last 5 working days; 0 without DR)",
+    )
+    parser.add_argument(
+        "--no-dr",
+        action="store_true",
+        help="do not offer the park's demand-response product (spot market only)",
+    )
+    parser.add_argument(
         "--indicators",
         type=Path,
         default=None,
@@ -122,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         bid_bounds=offsets is None,
         scenario_time_limit_s=args.scenario_time_limit,
         follow=Follow(args.follow),
+        demand_response=not args.no_dr,
+        warmup_days=args.warmup_days,
     )
     prices = read_prices(args.prices) if args.prices is not None else None
     indicators_path = args.indicators or indicators_path_for(args.config)
@@ -144,10 +158,13 @@ def run(args: argparse.Namespace) -> int:
             "within_5pct_share",
             "penalties",
             "cost",
+            "dr_revenue",
+            "dr_penalties",
             "carbon_t",
             "wall_s",
         )
     }
+    headline["dr_events"] = len(summary["dr_events"])
     headline["out"] = str(args.out)
     headline["files"] = [f.name for f in files]
     print(json.dumps(headline))

@@ -20,6 +20,7 @@ from vpp.clock import AcceleratedClock, SystemClock
 from vpp.commands.run import print_summary
 from vpp.config import load_park
 from vpp.engine import Engine, EngineOptions
+from vpp.metrics import Metrics
 from vpp.planner import PriceSource, day_horizon, plan_day
 from vpp.store import Store
 
@@ -82,11 +83,14 @@ def run(args: argparse.Namespace) -> int:
             listen=args.listen,
             store=store,
         )
+        metrics = Metrics()
+        adapters = build_adapters(park, clock, seed=args.seed, metrics=metrics)
         engine = Engine(
             loaded,
             clock,
-            build_adapters(park, clock, seed=args.seed),
+            adapters,
             options=options,
+            metrics=metrics,
             report=print,
             report_every_s=15 * 60,
         )

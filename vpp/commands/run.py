@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from market.prices import read_prices
 from vpp.clock import AcceleratedClock, Clock, SystemClock
 from vpp.config import load_park
 from vpp.engine import Engine, EngineOptions, RunSummary
+from vpp.metrics import Metrics
 from vpp.planner import PriceSource
 from vpp.store import Store
 
@@ -91,13 +93,16 @@ def print_summary(summary: RunSummary) -> None:
 def run(args: argparse.Namespace) -> int:
     loaded = load_park(args.config, args.markets)
     clock = make_clock(args.speed, args.start)
-    adapters = build_adapters(loaded.park, clock, seed=args.seed)
+    metrics = Metrics()
+    adapters = build_adapters(loaded.park, clock, seed=args.seed, metrics=metrics)
     prices = (
         None
         if args.no_plan
         else PriceSource(read_prices(args.prices) if args.prices else None, seed=args.seed)
     )
-    store = None if args.no_store else Store(args.store or loaded.park.engine.storage_url)
+    # the URL may carry credentials, so it can come from the environment instead of the file
+    url = args.store or os.environ.get("VPP_STORAGE_URL") or loaded.park.engine.storage_url
+    store = None if args.no_store else Store(url)
     options = EngineOptions(
         prices=prices, serve_api=not args.no_api, listen=args.listen, store=store
     )

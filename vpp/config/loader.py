@@ -172,9 +172,19 @@ def _message(item: Any) -> str:
     message = str(item["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    elif "input" in item and not isinstance(item["input"], dict | list):
+    elif (
+        "input" in item
+        and not isinstance(item["input"], dict | list)
+        and not _secretive(item["loc"])
+    ):
         message = f"{message} (got {item['input']!r})"
     return message[0].lower() + message[1:] if message else kind
+
+
+def _secretive(loc: tuple[int | str, ...]) -> bool:
+    """Fields whose value may be a secret typed in the wrong place: never echo them back."""
+    name = str(loc[-1]) if loc else ""
+    return name.endswith(("_env", "url", "password", "token", "secret"))
 
 
 def _check_references(park: Park, source: yamlsource.Source) -> list[Problem]:

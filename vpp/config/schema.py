@@ -652,6 +652,17 @@ class EngineSettings(Model):
     storage_url: str = Field(default="sqlite:///vpp.db", pattern=r"^(sqlite|postgresql)://")
     ingest_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
 
+    @field_validator("storage_url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        credentials = value.split("://", 1)[1].split("@", 1)[0] if "@" in value else ""
+        if ":" in credentials:
+            raise ValueError(
+                "a password must not be written in storage_url: use PGPASSWORD, a libpq "
+                "passfile or the VPP_STORAGE_URL environment variable"
+            )
+        return value
+
     @field_validator("listen", "ocpp_listen")
     @classmethod
     def _port(cls, value: str) -> str:

@@ -519,6 +519,10 @@ class Engine:
         for award in awards:
             self.targets.add_award(award, now)
         self.state.publish_awards(awards)
+        if self.planner is not None:
+            # A day with awards in force has been bid and cleared: follow them, do not bid again.
+            tz = self.park.tz
+            self.planner.planned_days.update(a.interval.start.astimezone(tz).date() for a in awards)
         for event in events:
             self.targets.add_event(event)
             self.state.publish_dr_event(event)

@@ -21,7 +21,9 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         field = f" {self.field}:" if self.field else ""
-        return f"{where}:{field} {self.message}"
+        # one problem, one line: a key or value quoted from the file may hold line breaks
+        text = f"{where}:{field} {self.message}"
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class ConfigError(VPPError):

@@ -39,6 +39,7 @@ from vpp.targets import TargetBook
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_FAILED_PLAN_S = 15 * 60.0
 DR_TRIGGER_QUANTILE = 0.9  # the simulated grid calls DR at its highest-price tenth of the day
 
 
@@ -190,7 +191,10 @@ class Planner:
             if wait_s > 0:
                 await self.clock.sleep(wait_s)
                 continue
-            await self.plan_and_commit(tomorrow, day_ahead=True)
+            plan = await self.plan_and_commit(tomorrow, day_ahead=True)
+            if plan is None or not plan.result.ok:
+                # do not spin on a day that cannot be planned: try again later, before the gate
+                await self.clock.sleep(RETRY_AFTER_FAILED_PLAN_S)
 
     async def _replan_loop(self) -> None:
         assert self.replan_requests is not None
@@ -328,7 +332,7 @@ class Planner:
             kind="forecast" if self.prices.series is None else "file",
             currency=self.loaded.spot.currency,
         )
-        if plan.bid_curves or plan.dr_offers:
+        if result.ok and (plan.bid_curves or plan.dr_offers):
             self.state.publish_bids(now, plan.bid_curves, plan.dr_offers)
 
     def _submit(self, plan: DayPlan, day: date) -> None:

@@ -100,6 +100,8 @@ def _load_file(
         raise ConfigError([Problem(name, mark_line, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as err:
         raise ConfigError([Problem(name, None, "", f"invalid YAML: {err}")]) from None
+    except RecursionError:  # the parser recurses per nesting level
+        raise ConfigError([Problem(name, None, "", "invalid YAML: nested too deeply")]) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -107,7 +109,10 @@ def _load_file(
         raise ConfigError([Problem(name, None, "", "file is empty")])
     walker = _Walker(path, source, depth, (*chain, path.resolve()))
     source.lines.setdefault(prefix, (name, node.start_mark.line + 1))
-    return walker.convert(node, prefix)
+    try:
+        return walker.convert(node, prefix)
+    except RecursionError:
+        raise ConfigError([Problem(name, None, "", "YAML nested too deeply")]) from None
 
 
 class _Walker:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -31,16 +32,25 @@ import numpy as np
 import pandas as pd
 
 from adapters.sim import DEFAULT_CLOUDINESS, GeneratorModel, SimAdapter
-from dispatch.bids import BidOptions, curves_from_samples, net_park_kw, sample_bid_points
+from dispatch.bids import (
+    BidOptions,
+    build_dr_offers,
+    curves_from_samples,
+    net_park_kw,
+    sample_bid_points,
+)
+from dispatch.flexibility import ParkEnvelope, build_envelope, notice_of
 from dispatch.forecast import forecast_park
 from dispatch.problem import DispatchProblem, build_problem
 from dispatch.series import AssetForecast, FloatArray, Horizon, ParkForecast
 from dispatch.solve import Schedule, SolveOptions, solve
+from market.baseline import BaselineError, compute_baselines
 from market.formats import Submission
 from market.prices import PriceSeries, synthetic_prices
-from market.rules import SpotMarketRules
-from market.simulator import MarketSimulator
-from market.validate import spot_bid_errors
+from market.rules import DemandResponseRules, RuleSetBase, SpotMarketRules
+from market.settlement import EventSettlement, SettlementError, settle_event
+from market.simulator import MarketSimulator, dr_calls_from_prices
+from market.validate import dr_offer_errors, spot_bid_errors
 from vpp.carbon import (
     GridEmissionFactor,
     IndicatorConfig,
@@ -53,6 +63,7 @@ from vpp.config.schema import (
     AnyAsset,
     BatteryAsset,
     CurtailableLoad,
+    EvCharging,
     Generator,
     Park,
     PvAsset,
@@ -60,7 +71,7 @@ from vpp.config.schema import (
     ThermalLoad,
 )
 from vpp.control import Controller, ControlOptions
-from vpp.domain import BidCurve, BidStep, Interval, Setpoint
+from vpp.domain import BidCurve, BidStep, DrEvent, DrOffer, Interval, Setpoint
 from vpp.errors import VPPError
 from vpp.fleet import Fleet
 from vpp.metrics import Metrics
@@ -80,6 +91,11 @@ WITHIN_SHARE = 0.05
 WITHIN_FLOOR_KW = 1.0
 #: Default first day when the prices are synthetic: a Monday in early summer.
 DEFAULT_START = date(2025, 6, 2)
+#: The simulated grid calls demand response over the day's most expensive tenth of intervals
+#: (as the engine's simulated market does).
+DR_TRIGGER_QUANTILE = 0.9
+#: Kinds whose scheduled power the control loop starts from (`BacktestOptions.asset_plans`).
+PLANNED_KINDS = (BatteryAsset, ThermalLoad, EvCharging)
 #: A simulated device answers at once: a few sending workers suffice, and each one more is a
 #: task woken for every setpoint.
 CONTROL_OPTIONS = ControlOptions(max_in_flight_per_adapter=4)
@@ -113,7 +129,13 @@ class BacktestOptions:
     market interval. `price_noise_fraction` scales the noisy forecast: its interval noise has
     this standard deviation times the day's mean absolute price, and its day-level bias half
     of that. `bid_offsets` are the relative price shifts the bid curves are sampled at
-    (None: the bid builder's default set).
+    (None: the bid builder's default set). With `demand_response` the park offers its DR
+    product's capacity every day whose baseline its meter history allows; `warmup_days` of
+    local control come before the first bid day (None: as many as the product's baseline
+    method needs, see `warmup_days_for`). The simulated grid calls DR where the day's price
+    reaches its `dr_trigger_quantile`. With `asset_plans` the control loop starts
+    batteries, thermal loads and EV depots from their scheduled power each cycle (see
+    `Controller.set_plan`) rather than following the aggregate target alone.
     """
 
     days: int = 1
@@ -129,10 +151,18 @@ class BacktestOptions:
     mip_gap: float | None = None  # None: the park's engine setting
     cloudiness: float = DEFAULT_CLOUDINESS
     follow: Follow = Follow.CLEARED
+    demand_response: bool = True
+    asset_plans: bool = True
+    warmup_days: int | None = None  # None: enough history for the DR product's baseline
+    dr_trigger_quantile: float = DR_TRIGGER_QUANTILE
 
     def __post_init__(self) -> None:
         if self.days < 1:
             raise BacktestError(f"days must be at least 1, not {self.days}")
+        if self.warmup_days is not None and not 0 <= self.warmup_days <= 366:
+            raise BacktestError(f"warm-up of {self.warmup_days} days is outside 0-366")
+        if not 0 < self.dr_trigger_quantile < 1:
+            raise BacktestError("the DR trigger quantile must lie in (0, 1)")
         if not 0.1 <= self.control_period_s <= 300:
             raise BacktestError(f"control period {self.control_period_s:g} s is outside 0.1-300 s")
         if not 0 <= self.price_noise_fraction <= 5:
@@ -144,8 +174,9 @@ class IntervalResult:
     """One market interval as settled. Power in kW (positive = drawn), money in currency.
 
     `revenue` = (baseline_kw - delivered_kw) × h / 1000 × price: what the park's metered
-    energy cost less than under local control. `penalty` charges the deviation from the award
-    beyond the tolerance band; `optimum_revenue` is `revenue` of the perfect-foresight plan.
+    energy cost less than under local control. `penalty` charges the deviation from the target
+    (the award less any DR reduction called) beyond the tolerance band; `optimum_revenue` is
+    `revenue` of the perfect-foresight plan.
     """
 
     start: datetime
@@ -155,6 +186,8 @@ class IntervalResult:
     bid_max_kw: float  # ... and at the price floor
     planned_kw: float  # the plan at forecast prices
     awarded_kw: float
+    dr_reduction_kw: float  # reduction called by DR events in force
+    target_kw: float  # awarded_kw - dr_reduction_kw: what the park was asked to deliver
     delivered_kw: float
     baseline_kw: float  # the park under local control
     optimum_kw: float
@@ -176,6 +209,9 @@ class DayResult:
     price_responsive_curves: int
     follow_status: str
     optimum_status: str
+    dr_offers: int  # intervals offered to the DR product
+    dr_events: int
+    dr_note: str  # why no DR was offered ("" when it was, or no product runs)
     wall_s: float
     bid_s: float
     follow_s: float
@@ -194,6 +230,8 @@ class EnterpriseResult:
     optimum_revenue: float
     energy_kwh: float
     baseline_energy_kwh: float
+    dr_revenue: float = 0.0
+    dr_penalties: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +243,7 @@ class BacktestResult:
     days: tuple[DayResult, ...]
     enterprises: tuple[EnterpriseResult, ...]
     bid_curves: tuple[BidCurve, ...]
+    dr_settlements: tuple[EventSettlement, ...] = ()
 
 
 # --- prices -------------------------------------------------------------------------------------
@@ -225,6 +264,20 @@ def backtest_days(
             if local.time() != clock_time(0):
                 first += timedelta(days=1)
     return [first + timedelta(days=d) for d in range(options.days)]
+
+
+def warmup_days_for(first_day: date, rules: RuleSetBase) -> int:
+    """Days of history before `first_day` that hold as many normal working days (by the rule
+    set's calendar) as its baseline method needs: 7 for the last 5 working days before a
+    Monday, more across holidays."""
+    need = rules.baseline.required_days
+    found = 0
+    back = 0
+    while found < need and back < rules.baseline.max_lookback_days:
+        back += 1
+        if rules.calendar.is_working_day(first_day - timedelta(days=back)):
+            found += 1
+    return back
 
 
 def synthetic_series(
@@ -463,6 +516,13 @@ class Backtest:
             )
         self.ticks_per_interval = round(ticks)
         self.days = backtest_days(self.park, self.rules, prices, options)
+        self.dr_rules: DemandResponseRules | None = loaded.dr if options.demand_response else None
+        warmup = options.warmup_days
+        if warmup is None:
+            warmup = 0 if self.dr_rules is None else warmup_days_for(self.days[0], self.dr_rules)
+        self.warmup = [self.days[0] - timedelta(days=warmup - k) for k in range(warmup)]
+        self.event_days: set[date] = set()
+        self.dr_events: list[DrEvent] = []
         self.prices = (
             prices if prices is not None else synthetic_series(self.days, self.rules, options.seed)
         )
@@ -476,10 +536,9 @@ class Backtest:
         self.asset_ids = [a.id for a in self.assets]
         self.enterprise_of = [e.id for e, _ in pairs]
         # Batch loads and generators are started and stopped by the schedule (the control
-        # loop leaves them alone, see vpp.limits), and PV is curtailed by the schedule too:
-        # the loop learns a PV array's available power only from its uncapped output, so an
-        # array it capped at zero (at night) would stay there all day. The loop drives the rest.
-        self.scheduled = [isinstance(a, ShiftableLoad | Generator | PvAsset) for a in self.assets]
+        # loop leaves them alone, see vpp.limits); the loop drives everything else, PV caps
+        # included.
+        self.scheduled = [isinstance(a, ShiftableLoad | Generator) for a in self.assets]
         self.engine = self.park.engine
         solve_limit = options.solver_time_limit_s or self.engine.solver_time_limit_s
         gap = options.mip_gap if options.mip_gap is not None else self.engine.mip_gap
@@ -504,7 +563,7 @@ class Backtest:
 
     async def _run(self) -> list[_Day]:
         opts = self.options
-        first = local_day_horizon(self.days[0], self.rules.timezone, self.rules.interval)
+        first = self._horizon((self.warmup or self.days)[0])
         period = opts.control_period_s
         clock = SteppedClock(first.start)
         self.clock = clock
@@ -535,8 +594,9 @@ class Backtest:
             self.park, fleet, routes, clock, metrics, targets, settings, CONTROL_OPTIONS
         )
         self.fleet, self.targets, self.controller = fleet, targets, controller
-        total = sum(local_day_horizon(d, self.rules.timezone, self.rules.interval).intervals
-                    for d in self.days)  # fmt: skip
+        self.meter_start = first.start
+        self.warmup_intervals = sum(self._horizon(d).intervals for d in self.warmup)
+        total = self.warmup_intervals + sum(self._horizon(d).intervals for d in self.days)
         self.actual = _Meters(np.zeros((len(self.assets), total)))
         self.baseline = _Meters(np.zeros((len(self.assets), total)))
         self.generator_starts = np.zeros((len(self.assets), 0), dtype=np.int64)
@@ -546,6 +606,7 @@ class Backtest:
         try:
             self._prime(first.start)
             await controller.wait_cycle(0)  # its first cycle, on the first readings
+            await self._warm_up()
             for index, day in enumerate(self.days):
                 results.append(await self._day(index, day))
         finally:
@@ -556,6 +617,34 @@ class Backtest:
             self.progress.update(len(self.days), "done")
             self.progress.close()
         return results
+
+    def _horizon(self, day: date) -> Horizon:
+        return local_day_horizon(day, self.rules.timezone, self.rules.interval)
+
+    async def _warm_up(self) -> None:
+        """Local control over the warm-up days: the meter history that forecasts and DR
+        baselines need. Nothing is sent, so the park and its local-control twin stay equal;
+        the loop sleeps through it (it has no target) and runs again on the first bid day."""
+        if not self.warmup:
+            return
+        period_s = self.options.control_period_s
+        period = timedelta(seconds=period_s)
+        now = self.clock.now()
+        readings = []
+        for day in self.warmup:
+            if self.progress is not None:
+                self.progress.update(0, f"{day.isoformat()} warm-up (local control)")
+            for _ in range(self._horizon(day).intervals):
+                for _ in range(self.ticks_per_interval):
+                    now += period
+                    self.clock.set(now)
+                    readings = self.sim.step_once(now, period_s)
+                    self.local.step_once(now, period_s)
+                self._close_interval()
+        self.fleet.accept(self.sim.name, readings)
+        done = self.controller.cycles_run
+        self.clock.wake()
+        await self.controller.wait_cycle(done)
 
     def _prime(self, start: datetime) -> None:
         """First readings at the start, as a simulator's first tick gives them."""
@@ -627,15 +716,27 @@ class Backtest:
         )
         ordered = sorted(awards.awards, key=lambda a: a.interval.start)
         awarded = np.array([a.power_kw for a in ordered])
-        # The schedule behind the awards: its batch loads, generators and PV curtailment are
-        # what the schedule starts, stops and caps; the control loop makes up the rest.
+        dr_offers, events, dr_note = self._demand_response(day, horizon, problem, price, awarded)
+        if dr_note:
+            log.info("backtest %s: no DR: %s", day.isoformat(), dr_note)
+        # During DR events the park must draw the award less the reduction called: the
+        # schedule is asked for it, so that it starts what the loop cannot (generators).
+        reduction = np.array(
+            [sum(e.reduction_kw for e in events if e.active(t)) for t in horizon.starts()]
+        )
+        event_target = np.where(reduction != 0, awarded - reduction, np.nan)
+        # The schedule behind the awards: its batch loads and generators are what the
+        # schedule starts and stops; the control loop makes up the rest.
         solve_began = time.perf_counter()
         if self.options.follow is Follow.TARGET:
-            follow = solve(problem.with_target(awarded), self.follow_options)
+            follow = solve(problem.with_target(awarded - reduction), self.follow_options)
         elif self.options.follow is Follow.CLEARED and any(len(c.steps) > 1 for c in curves):
-            follow = solve(problem.with_prices(price), self.solve_options)
+            cleared = problem.with_prices(price)
+            follow = solve(cleared.with_target(event_target) if events else cleared,
+                           self.solve_options)  # fmt: skip
         else:  # flat bids were awarded the plan itself
-            follow = solve(problem, self.solve_options)
+            follow = solve(problem.with_target(event_target) if events else problem,
+                           self.solve_options)  # fmt: skip
         schedule = follow.schedule
         follow_status = follow.status.value
         if schedule is None:
@@ -648,9 +749,14 @@ class Backtest:
         self.targets.set_schedule(horizon.start, horizon.interval, awarded.tolist())
         for award in ordered:
             self.targets.add_award(award, cleared_at)
+        for event in events:
+            self.targets.add_event(event)
+        if self.options.asset_plans and schedule is not None:
+            plans = self._plans(schedule, forecast)
+            self.controller.set_plan(horizon.start, horizon.interval, plans)
 
         control_began = time.perf_counter()
-        cycles = await self._control(index, horizon, self._commands(schedule, forecast))
+        cycles = await self._control(index, horizon, self._commands(schedule))
         control_s = time.perf_counter() - control_began
 
         self._say(index, 0.9, "perfect foresight")
@@ -671,6 +777,9 @@ class Backtest:
                 price_responsive_curves=sum(len(c.steps) > 1 for c in curves),
                 follow_status=follow_status,
                 optimum_status=optimum[1],
+                dr_offers=dr_offers,
+                dr_events=len(events),
+                dr_note=dr_note,
                 wall_s=time.perf_counter() - began,
                 bid_s=bid_s,
                 follow_s=follow_s,
@@ -681,38 +790,149 @@ class Backtest:
         }
         return result
 
+    # --- demand response ---------------------------------------------------------------------
+
+    def _demand_response(
+        self,
+        day: date,
+        horizon: Horizon,
+        problem: DispatchProblem,
+        price: FloatArray,
+        awarded_kw: FloatArray,
+    ) -> tuple[int, list[DrEvent], str]:
+        """Offer the day's DR capacity, let the simulated grid call it; returns the number of
+        intervals offered, the events called and, when nothing was offered, why.
+
+        The DR gate closes after the spot market has cleared: the park offers only the
+        reduction its spot award leaves it, so that it can deliver both.
+        """
+        dr = self.dr_rules
+        if dr is None:
+            return 0, [], ""
+        gap = self._baseline_gap(day, dr)
+        if gap:
+            return 0, [], gap
+        submitted_at = dr.gate_closure.closes_at(day, dr.tz) - SUBMIT_BEFORE_GATE
+        envelope = build_envelope(problem, notice_of(self.park))
+        offers = spare_offers(build_dr_offers(envelope, dr), envelope, awarded_kw, dr)
+        if not offers:
+            return 0, [], "no capacity left beside the spot award"
+        errors = dr_offer_errors(offers, dr, submitted_at)
+        if errors:
+            return 0, [], f"offers refused ({errors[0]})"
+        prices = dict(zip(horizon.starts(), price.tolist(), strict=True))
+        trigger = float(np.quantile(price, self.options.dr_trigger_quantile))
+        # The grid pays its DR product's price: every offer at or below the cap is taken.
+        calls = dr_calls_from_prices(
+            prices, dr, trigger, call_price_per_mwh=dr.bid_price_cap_per_mwh
+        )
+        cleared_at = submitted_at + CLEARING_DELAY
+        market = MarketSimulator(self.rules, prices, dr, calls)
+        result = market.submit(
+            Submission(dr.id, self.park.id, submitted_at, dr_offers=tuple(offers)), cleared_at
+        )
+        # An event is known once the offers are cleared, however long its invitation's notice.
+        events = [
+            dataclasses.replace(e, notified_at=max(e.notified_at, cleared_at))
+            for e in result.dr_events
+        ]
+        self.dr_events.extend(events)
+        self.event_days.update(e.start.astimezone(dr.tz).date() for e in events)
+        return len(offers), events, ""
+
+    def _baseline_gap(self, day: date, dr: DemandResponseRules) -> str:
+        """Why the product's baseline cannot be built for an event on `day` from the meter
+        history it will have (every earlier day is metered by then); "" when it can."""
+        metered = {*self.warmup, *(d for d in self.days if d < day)}
+        working = dr.calendar.is_working_day(day)
+        method = dr.baseline
+        eligible = sum(
+            1
+            for back in range(1, method.max_lookback_days + 1)
+            if (d := day - timedelta(days=back)) in metered
+            and d not in self.event_days
+            and dr.calendar.is_working_day(d) == working
+        )
+        if eligible >= method.required_days:
+            return ""
+        kind = "working" if working else "non-working"
+        return (
+            f"the {method.method} baseline needs {method.required_days} {kind} days of meter "
+            f"history, {eligible} metered"
+        )
+
+    def _enterprise_history(self) -> dict[str, pd.Series[float]]:
+        """Metered mean power of each enterprise per interval over every metered interval."""
+        filled = self.actual.filled
+        step = self.rules.interval
+        index = pd.DatetimeIndex([self.meter_start + step * k for k in range(filled)])
+        power = self.actual.kwh[:, :filled] / (step / timedelta(hours=1))
+        rows = np.array(self.enterprise_of)
+        return {
+            e.id: pd.Series(power[rows == e.id].sum(axis=0), index=index, dtype=float)
+            for e in self.park.enterprises
+        }
+
+    def _settle_dr(self) -> list[EventSettlement]:
+        """Every DR event settled against the product's baseline from the meter history."""
+        dr = self.dr_rules
+        if dr is None or not self.dr_events:
+            return []
+        history = self._enterprise_history()
+        settled = []
+        for event in sorted(self.dr_events, key=lambda e: e.start):
+            try:
+                # Event days never count as baseline days (the event day itself is not looked at).
+                baselines = compute_baselines(
+                    history, event.start, event.end, dr, excluded_days=self.event_days
+                )
+                settled.append(settle_event(event, dr, baselines, history))
+            except (BaselineError, SettlementError) as err:
+                raise BacktestError(f"DR event {event.event_id}: {err}") from err
+        return settled
+
     def _history(self, until: datetime) -> dict[str, pd.Series[float]]:
         """Metered mean power per asset and interval, for intervals that ended by `until`."""
         filled = self.actual.filled
         if filled == 0:
             return {}
-        first = local_day_horizon(self.days[0], self.rules.timezone, self.rules.interval)
-        starts = pd.DatetimeIndex([first.start + first.interval * k for k in range(filled)])
-        keep = np.asarray(starts + pd.Timedelta(first.interval) <= pd.Timestamp(until))
+        step = self.rules.interval
+        starts = pd.DatetimeIndex([self.meter_start + step * k for k in range(filled)])
+        keep = np.asarray(starts + pd.Timedelta(step) <= pd.Timestamp(until))
         if not keep.any():
             return {}
-        power = self.actual.kwh[:, :filled][:, keep] / first.hours
+        power = self.actual.kwh[:, :filled][:, keep] / (step / timedelta(hours=1))
         return {
             a: pd.Series(power[i], index=starts[keep], dtype=float)
             for i, a in enumerate(self.asset_ids)
         }
 
-    def _commands(self, schedule: Schedule | None, forecast: ParkForecast) -> dict[str, FloatArray]:
-        """The schedule's command per interval to each asset it drives (NaN: none, local
-        control). PV gets a cap only where the schedule curtails it below its forecast."""
-        if schedule is None:
-            return {}
-        commands: dict[str, FloatArray] = {}
-        for asset, fixed in zip(self.assets, self.scheduled, strict=True):
-            if not fixed or asset.id not in schedule.asset_ids:
+    def _plans(self, schedule: Schedule, forecast: ParkForecast) -> dict[str, list[float]]:
+        """The schedule's power of the storage-like assets the loop drives (what they keep in
+        store for later, battery energy, cold, EV charge, follows the plan), and of PV where
+        the schedule curtails it below its forecast (NaN elsewhere: the loop decides)."""
+        plans: dict[str, list[float]] = {}
+        for asset in self.assets:
+            if asset.id not in schedule.asset_ids:
                 continue
             power = np.asarray(schedule.power_of(asset.id), dtype=float)
             if isinstance(asset, PvAsset):
                 available = np.asarray(forecast.assets[asset.id].power_kw, dtype=float)
                 curtailed = power > available + np.maximum(1.0, 0.01 * np.abs(available))
-                power = np.where(curtailed, power, np.nan)
-            commands[asset.id] = power
-        return commands
+                plans[asset.id] = np.where(curtailed, power, np.nan).tolist()
+            elif isinstance(asset, PLANNED_KINDS):
+                plans[asset.id] = power.tolist()
+        return plans
+
+    def _commands(self, schedule: Schedule | None) -> dict[str, FloatArray]:
+        """The schedule's command per interval to each batch load and generator."""
+        if schedule is None:
+            return {}
+        return {
+            asset.id: np.asarray(schedule.power_of(asset.id), dtype=float)
+            for asset, fixed in zip(self.assets, self.scheduled, strict=True)
+            if fixed and asset.id in schedule.asset_ids
+        }
 
     async def _control(self, index: int, horizon: Horizon, plan: Mapping[str, FloatArray]) -> int:
         """Run the day on the simulated assets: per control period, the schedule's commands,
@@ -788,11 +1008,12 @@ class Backtest:
     def _result(self, days: list[_Day], wall_s: float) -> BacktestResult:
         rules = self.rules
         first = days[0].horizon
-        total = self.actual.filled
+        skip = self.warmup_intervals  # the warm-up is history, not part of the result
+        total = self.actual.filled - skip
         hours = first.hours
         full = Horizon(first.start, first.interval, total)
-        actual_kw = self.actual.kwh / hours
-        baseline_kw = self.baseline.kwh / hours
+        actual_kw = self.actual.kwh[:, skip:] / hours
+        baseline_kw = self.baseline.kwh[:, skip:] / hours
         optimum_kw_assets = np.hstack([d.result["optimum_power"] for d in days])
         price = np.concatenate([d.price for d in days])
         forecast_price = np.concatenate([d.forecast_price for d in days])
@@ -805,13 +1026,20 @@ class Backtest:
         to_money = hours / 1000 * price
         revenue = (base - delivered) * to_money
         optimum_revenue = (base - optimum) * to_money
-        deviation_kwh = np.abs(delivered - awarded) * hours
-        band_kwh = (1 - rules.settlement.penalty_floor_ratio) * np.abs(awarded) * hours
+        # A called DR reduction is not a deviation from the spot position: it is settled by
+        # the DR product, against its own baseline.
+        reduction = self._dr_reduction_kw(full)
+        target = awarded - reduction
+        deviation_kwh = np.abs(delivered - target) * hours
+        band_kwh = (1 - rules.settlement.penalty_floor_ratio) * np.abs(target) * hours
         penalised_kwh = np.maximum(deviation_kwh - band_kwh, 0.0)
         penalty = penalised_kwh / 1000 * np.abs(price) * rules.settlement.penalty_price_multiple
-        within = np.abs(delivered - awarded) <= np.maximum(
-            WITHIN_SHARE * np.abs(awarded), WITHIN_FLOOR_KW
+        within = np.abs(delivered - target) <= np.maximum(
+            WITHIN_SHARE * np.abs(target), WITHIN_FLOOR_KW
         )
+        settlements = self._settle_dr()
+        dr_revenue = float(sum(s.payment for s in settlements))
+        dr_penalties = float(sum(s.penalty for s in settlements))
 
         starts_now = self._starts()
         cost_assets = operating_cost(
@@ -835,6 +1063,8 @@ class Backtest:
                 bid_max_kw=float(curves[k].steps[0].power_kw),
                 planned_kw=float(planned[k]),
                 awarded_kw=float(awarded[k]),
+                dr_reduction_kw=float(reduction[k]),
+                target_kw=float(target[k]),
                 delivered_kw=float(delivered[k]),
                 baseline_kw=float(base[k]),
                 optimum_kw=float(optimum[k]),
@@ -860,6 +1090,10 @@ class Backtest:
                     optimum_revenue=float(((e_base - e_opt) * to_money).sum()),
                     energy_kwh=float(e_delivered.sum() * hours),
                     baseline_energy_kwh=float(e_base.sum() * hours),
+                    dr_revenue=float(sum(s.enterprise(enterprise.id).payment for s in settlements)),
+                    dr_penalties=float(
+                        sum(s.enterprise(enterprise.id).penalty for s in settlements)
+                    ),
                 )
             )
 
@@ -868,9 +1102,9 @@ class Backtest:
         total_cost = float(cost_assets.sum())
         total_penalty = float(penalty.sum())
         optimum_cost = float(optimum_cost_assets.sum())
-        mean_award = float(np.mean(np.abs(awarded)))
+        mean_target = float(np.mean(np.abs(target)))
         tracking = (
-            1 - float(np.mean(np.abs(delivered - awarded))) / mean_award if mean_award > 0 else 0.0
+            1 - float(np.mean(np.abs(delivered - target))) / mean_target if mean_target > 0 else 0.0
         )
         carbon = emissions_t(
             self.park, full, self.asset_ids, actual_kw, self.factor, self.indicators
@@ -907,8 +1141,9 @@ class Backtest:
             ),
             "tracking_score": tracking,
             "within_5pct_share": float(np.mean(within)),
-            "mean_abs_deviation_kw": float(np.mean(np.abs(delivered - awarded))),
-            "mean_abs_award_kw": mean_award,
+            "mean_abs_deviation_kw": float(np.mean(np.abs(delivered - target))),
+            "mean_abs_award_kw": float(np.mean(np.abs(awarded))),
+            "mean_abs_target_kw": mean_target,
             "penalised_kwh": float(penalised_kwh.sum()),
             "energy_cost": float((delivered * to_money).sum()),
             "baseline_energy_cost": float((base * to_money).sum()),
@@ -924,6 +1159,17 @@ class Backtest:
             "optimum_unsolved_days": [
                 d.day.isoformat() for d in day_results if "delivered used" in d.optimum_status
             ],
+            "dr_product": self.dr_rules.id if self.dr_rules is not None else None,
+            "warmup_days": len(self.warmup),
+            "dr_revenue": dr_revenue,
+            "dr_penalties": dr_penalties,
+            "dr_events": [_event_summary(s, self.dr_events) for s in settlements],
+            "dr_skipped_days": {d.day.isoformat(): d.dr_note for d in day_results if d.dr_note},
+            "total_net_revenue": total_revenue
+            - total_cost
+            - total_penalty
+            + dr_revenue
+            - dr_penalties,
             "enterprises": {
                 e.enterprise_id: {
                     "revenue": e.revenue,
@@ -931,6 +1177,8 @@ class Backtest:
                     "optimum_revenue": e.optimum_revenue,
                     "energy_kwh": e.energy_kwh,
                     "baseline_energy_kwh": e.baseline_energy_kwh,
+                    "dr_revenue": e.dr_revenue,
+                    "dr_penalties": e.dr_penalties,
                 }
                 for e in enterprises
             },
@@ -949,7 +1197,83 @@ class Backtest:
             days=tuple(day_results),
             enterprises=tuple(enterprises),
             bid_curves=tuple(curves),
+            dr_settlements=tuple(settlements),
         )
+
+    def _dr_reduction_kw(self, horizon: Horizon) -> FloatArray:
+        """The reduction called by the DR events in force over each interval."""
+        starts = horizon.starts()
+        return np.array(
+            [sum(e.reduction_kw for e in self.dr_events if e.active(t)) for t in starts],
+            dtype=float,
+        )
+
+
+def spare_offers(
+    offers: Sequence[DrOffer], envelope: ParkEnvelope, awarded_kw: FloatArray, dr: RuleSetBase
+) -> list[DrOffer]:
+    """DR offers cut to the reduction left below the spot award.
+
+    Per interval the park can hold a reduction of `held` below its uncontrolled baseline for
+    the product's minimum duration (the envelope); the award already takes `baseline - award`
+    of it. An offer keeps the smallest spare of the duration it must be held for; offers below
+    the product's minimum response, and runs of offers shorter than its minimum duration,
+    are dropped.
+    """
+    if not isinstance(dr, DemandResponseRules) or not offers:
+        return []
+    horizon = envelope.horizon
+    needed = max(1, math.ceil(dr.min_duration_min / (horizon.hours * 60) - 1e-9))
+    baseline = np.sum([np.asarray(b, dtype=float) for b in envelope.baselines_kw.values()], axis=0)
+    held = envelope.park_held_kw(needed, up=False)
+    spare = np.maximum(held - np.maximum(baseline - awarded_kw, 0.0), 0.0)
+    # What can be held from k on is limited by the smallest spare over the duration.
+    padded = np.concatenate([spare, np.full(needed - 1, np.inf)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, needed).min(axis=1)
+    index = {start: k for k, start in enumerate(horizon.starts())}
+    kept: list[DrOffer] = []
+    for offer in offers:
+        k = index[offer.interval.start]
+        amount = min(offer.reduction_kw, float(windows[k]))
+        if amount >= max(dr.min_response_kw, 1e-6):
+            kept.append(dataclasses.replace(offer, reduction_kw=round(amount, 1)))
+    runs: list[list[DrOffer]] = []
+    for offer in kept:
+        if runs and runs[-1][-1].interval.end == offer.interval.start:
+            runs[-1].append(offer)
+        else:
+            runs.append([offer])
+    return [o for run in runs if len(run) >= needed for o in run]
+
+
+def _event_summary(settled: EventSettlement, events: Sequence[DrEvent]) -> dict[str, Any]:
+    """One settled DR event as `summary.json` lists it."""
+    event = next(e for e in events if e.event_id == settled.event_id)
+    park = settled.park
+    return {
+        "event_id": settled.event_id,
+        "start": settled.start,
+        "end": settled.end,
+        "invitation": settled.invitation,
+        "notified_at": event.notified_at,
+        "reduction_kw": event.reduction_kw,
+        "price_per_mwh": event.price_per_mwh,
+        "target_kwh": park.target_kwh,
+        "delivered_kwh": park.delivered_kwh,
+        "performance_ratio": park.performance_ratio,
+        "credited_kwh": park.credited_kwh,
+        "payment": park.payment,
+        "penalty": park.penalty,
+        "enterprises": {
+            e.site: {
+                "target_kwh": e.target_kwh,
+                "delivered_kwh": e.delivered_kwh,
+                "payment": e.payment,
+                "penalty": e.penalty,
+            }
+            for e in settled.enterprises
+        },
+    }
 
 
 def _rows(problem: DispatchProblem, schedule: Schedule, asset_ids: Sequence[str]) -> FloatArray:
@@ -1029,6 +1353,9 @@ def _plots(result: BacktestResult, out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(12, 4.5))
     ax.step(times, [r.awarded_kw / 1000 for r in rows], where="post", label="awarded", lw=1.4)
+    if any(r.dr_reduction_kw for r in rows):
+        ax.step(times, [r.target_kw / 1000 for r in rows], where="post", lw=1.0, ls=":",
+                label="target (award less DR)")  # fmt: skip
     ax.step(times, [r.delivered_kw / 1000 for r in rows], where="post", label="delivered", lw=1.0)
     ax.step(times, [r.baseline_kw / 1000 for r in rows], where="post", label="local control",
             lw=0.8, alpha=0.7)  # fmt: skip

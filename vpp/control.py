@@ -18,7 +18,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -40,7 +40,7 @@ from vpp.config.schema import (
 from vpp.domain import Availability, FallbackMode, Measurement, Setpoint, SetpointAck
 from vpp.errors import VPPError
 from vpp.fleet import Fleet
-from vpp.limits import LimitModel, Snapshot
+from vpp.limits import LimitModel, PvAvailability, Snapshot
 from vpp.metrics import Metrics
 from vpp.targets import Target, TargetBook
 
@@ -72,6 +72,7 @@ class ControlOptions:
     settle_cycles: int = 4
     tier_width: float = 0.0
     costs: Mapping[str, float] | None = None
+    pv_relax_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.send_timeout_s <= 0 or self.max_in_flight_per_adapter < 1:
@@ -191,6 +192,10 @@ class Controller:
             self._safe_kw, self.model.static_lower_kw, self.model.static_upper_kw
         )
         self.is_pv = self.model.pv
+        self.pv_estimate = PvAvailability(assets, park.location, relax_s=opts.pv_relax_s)
+        # A PV setpoint is a cap on injection: the static lower bound (the inverter's rating)
+        # is no cap at all, which is what the loop sends when it wants everything the sun gives.
+        self._pv_free_kw = np.where(self.is_pv, self.model.static_lower_kw, np.nan)
 
         # adapters and routes
         self._outboxes: list[_Outbox] = []
@@ -217,7 +222,6 @@ class Controller:
         self._temp = np.full(n, np.nan)
         self._arrived_cycle = np.full(n, -1, dtype=np.int64)
         self._assessed_power = np.full(n, np.nan)
-        self._pv_available = np.full(n, np.nan)
         # commanded state
         self._sent_kw = np.full(n, np.nan)
         self._ref_kw = np.full(n, np.nan)
@@ -239,6 +243,11 @@ class Controller:
         # limits in force for the final clamp before a setpoint leaves
         self._low = self.model.static_lower_kw.copy()
         self._high = self.model.static_upper_kw.copy()
+
+        # Per-asset plan (the schedule behind the target): assets start from it each cycle.
+        self._plan: FloatArray = np.zeros((n, 0))
+        self._plan_start = 0.0
+        self._plan_step_s = 1.0
 
         self._run_id = secrets.token_hex(3)
         self._cycle = 0
@@ -279,14 +288,18 @@ class Controller:
         while True:
             self._wake.clear()
             self.cycle()
-            # When late, skip the ticks we missed rather than run a burst of cycles.
-            next_tick = max(next_tick + timedelta(seconds=self.period_s), self.clock.now())
+            # When late, skip the ticks we missed rather than run a burst of cycles; when the
+            # clock was stepped back, do not wait the step out either.
+            now = self.clock.now()
+            period = timedelta(seconds=self.period_s)
+            next_tick = min(max(next_tick + period, now), now + period)
             if await self._sleep_or_wake(next_tick):
                 next_tick = self.clock.now()  # the cadence restarts from the early cycle
 
     async def _sleep_until(self, deadline: datetime) -> None:
-        # The deadline is absolute: the task may start after the clock has moved.
-        while (remaining := (deadline - self.clock.now()).total_seconds()) > 0:
+        # The deadline is absolute: the task may start after the clock has moved. A deadline
+        # more than a period away means the clock was stepped back: the tick is due now.
+        while 0 < (remaining := (deadline - self.clock.now()).total_seconds()) <= self.period_s:
             await self.clock.sleep(remaining)
 
     async def _sleep_or_wake(self, deadline: datetime) -> bool:
@@ -302,6 +315,35 @@ class Controller:
                 task.cancel()
             await asyncio.gather(sleeper, waker, return_exceptions=True)
         return self._wake.is_set() and not (sleeper.done() and not sleeper.cancelled())
+
+    def set_plan(
+        self, start: datetime, interval: timedelta, power_kw: Mapping[str, Sequence[float]]
+    ) -> None:
+        """Planned power per interval from `start` for some assets (the schedule behind the
+        target). Each cycle a planned asset starts from its plan, not from where it is, and
+        only what the plans and the other assets leave of the target is allocated: a battery
+        then keeps the energy its plan keeps for later instead of answering every jump of
+        the target alone. Replaces any earlier plan; an empty mapping drops it."""
+        if start.tzinfo is None or interval <= timedelta(0):
+            raise ValueError("Controller.set_plan: start must be aware and interval positive")
+        length = max((len(v) for v in power_kw.values()), default=0)
+        plan = np.full((self.n, length), np.nan)
+        index = {a: i for i, a in enumerate(self.asset_ids)}
+        for asset_id, values in power_kw.items():
+            i = index.get(asset_id)
+            if i is None:
+                raise ValueError(f"Controller.set_plan: unknown asset {asset_id!r}")
+            plan[i, : len(values)] = values
+        self._plan = plan
+        self._plan_start = start.timestamp()
+        self._plan_step_s = interval.total_seconds()
+
+    def _planned_at(self, t: float) -> FloatArray:
+        k = math.floor((t - self._plan_start) / self._plan_step_s)
+        if 0 <= k < self._plan.shape[1]:
+            column: FloatArray = self._plan[:, k]
+            return column
+        return np.full(self.n, np.nan)
 
     @property
     def cycles_run(self) -> int:
@@ -338,14 +380,14 @@ class Controller:
         target = self.targets.target_at(now, measured_kw)
 
         transitions = self._assess_health(t, fresh, updated)
-        self._update_pv_available(fresh)
+        pv_available = self._update_pv_available(t, now, fresh)
         limits = self.model.compute(
             Snapshot(power, self._soc, self._temp, fresh),
             now,
             horizon_s=self.validity_s,
             period_s=self.period_s,
             notice_min=None if target is None else target.notice_min,
-            pv_available_kw=self._pv_available,
+            pv_available_kw=pv_available,
         )
         controllable = limits.controllable & self.routed & ~self._degraded
         low, high = limits.lower_kw, limits.upper_kw
@@ -353,7 +395,9 @@ class Controller:
         if capped.any():
             high = np.where(capped, np.maximum(np.minimum(high, self._cap_high), low), high)
             low = np.where(capped, np.minimum(np.maximum(low, self._cap_low), high), low)
-        self._low = low
+        # The final clamp lets a cap be lifted whatever the estimate says: an array capped
+        # beyond what it has simply generates what it has.
+        self._low = np.where(self.is_pv, self.model.static_lower_kw, low)
         self._high = high
 
         queued = 0
@@ -438,12 +482,18 @@ class Controller:
         Returns how many assets changed state (the integral term waits for them to settle).
         """
         # Compare with what the device said it applied (it may have clamped the request).
-        sent = self._ref_kw
+        # A PV setpoint is a cap: what it follows is the cap sent (its ack says what it
+        # generated then, which the sun may raise since), and generating less is following.
+        sent = np.where(self.is_pv, self._sent_kw, self._ref_kw)
         active = ~np.isnan(sent) & (self._valid_until > t)
         power = self._power
         tolerance = self._tolerance
-        gap = np.abs(sent - power)
-        previous_gap = np.abs(sent - self._assessed_power)
+        gap = np.where(self.is_pv, np.maximum(sent - power, 0.0), np.abs(sent - power))
+        previous_gap = np.where(
+            self.is_pv,
+            np.maximum(sent - self._assessed_power, 0.0),
+            np.abs(sent - self._assessed_power),
+        )
         # Only a reading that arrived after the setpoint left can show whether the asset
         # follows (it may still predate the device's response: `degraded_after_cycles`
         # allows for that lag).
@@ -497,17 +547,23 @@ class Controller:
         self._ref_kw[i] = np.nan
         self.fleet.mark_degraded(self.asset_ids[i], False)
 
-    def _update_pv_available(self, fresh: npt.NDArray[np.bool_]) -> None:
-        """Track what each PV could generate: all of it whenever it is not at its cap."""
-        pv = self.is_pv & fresh
-        output = -self._power
+    def _update_pv_available(
+        self, t: float, now: datetime, fresh: npt.NDArray[np.bool_]
+    ) -> FloatArray:
+        """What each PV could generate (see `PvAvailability`); NaN for other assets.
+
+        An array is uncapped when no cap of ours is in force, when the cap in force lets it
+        run free, or when it generates clearly less than the cap allows.
+        """
+        sent = self._sent_kw
         with np.errstate(invalid="ignore"):
-            uncapped = np.isnan(self._sent_kw) | (self._power > self._sent_kw + self._tolerance)
-        self._pv_available = np.where(
-            pv & uncapped,
-            output,
-            np.where(pv, np.fmax(self._pv_available, output), self._pv_available),
-        )
+            uncapped = (
+                np.isnan(sent)
+                | (self._valid_until <= t)
+                | (sent <= self._pv_free_kw)
+                | (self._power > sent + self._tolerance)
+            )
+        return self.pv_estimate.update(now, self._power, fresh, uncapped)
 
     def _dispatch(
         self,
@@ -524,6 +580,11 @@ class Controller:
     ) -> tuple[float, float, bool, int]:
         active = ~np.isnan(self._ref_kw) & (self._valid_until > t)
         reference = np.where(active, self._ref_kw, power)
+        # A PV's cap says how much it may generate, not how much it does: it is expected to
+        # generate what it has, up to the cap.
+        reference = np.where(self.is_pv, np.clip(reference, lower, upper), reference)
+        planned = self._planned_at(t)
+        reference = np.where(np.isnan(planned), reference, planned)
         uncontrolled = fresh & ~controllable
         expected = float(np.sum(reference[controllable]) + np.sum(power[uncontrolled]))
 
@@ -555,11 +616,17 @@ class Controller:
         )
         new = result.power_kw
         self._saturated = result.saturated
+        # A PV asked for all it has is sent no cap at all rather than a cap at the estimate,
+        # so that it generates more when the sun gives more: no curtailment stays in force
+        # that nobody asked for.
+        deadband = self._deadband[idx]
+        free = self.is_pv[idx] & (new <= lower[idx] + deadband)
+        new = np.where(free, self._pv_free_kw[idx], new)
         sent = self._sent_kw[idx]
         with np.errstate(invalid="ignore"):
             due = (
                 np.isnan(sent)
-                | (np.abs(new - sent) > self._deadband[idx])
+                | (np.abs(new - sent) > deadband)
                 | (t - self._sent_at[idx] >= self.resend_after_s)
                 | (self._valid_until[idx] <= t)
             )

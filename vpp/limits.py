@@ -10,6 +10,7 @@ millisecond.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -18,6 +19,7 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
+from vpp import solar
 from vpp.assets import static_limits
 from vpp.config.schema import (
     AnyAsset,
@@ -25,6 +27,7 @@ from vpp.config.schema import (
     CurtailableLoad,
     EvCharging,
     Generator,
+    Location,
     Park,
     PvAsset,
     ShiftableLoad,
@@ -323,6 +326,106 @@ class LimitModel:
             self._calendar_blocked = flags
             self._calendar_minute = key
         return self._calendar_blocked
+
+
+class PvAvailability:
+    """What each PV array could generate now, also while a cap holds it below that.
+
+    An uncapped array shows its available power in its output; a capped one shows only its
+    cap. The estimate is the clear-sky output of the array (`vpp.solar`) times a ratio learnt
+    whenever the array runs uncapped in daylight (clouds, soiling, shading, model error), and
+    never below the measured output. While a cap holds, the ratio relaxes toward clear sky
+    (time constant `relax_s`): the estimate then errs high, the loop asks the array for more,
+    and the output it gets teaches the ratio again, so a long curtailment cannot hide a sky
+    that cleared. Arrays are handled together in numpy arrays, in the order of `assets`.
+    """
+
+    def __init__(
+        self,
+        assets: Sequence[AnyAsset],
+        location: Location,
+        *,
+        relax_s: float = 1800.0,
+        learn_fraction: float = 0.05,
+        max_ratio: float = 1.5,
+    ) -> None:
+        if relax_s <= 0 or not 0 < learn_fraction < 1 or max_ratio < 1:
+            raise ValueError("PvAvailability: relax_s > 0, 0 < learn_fraction < 1, max_ratio >= 1")
+        self.location = location
+        self.relax_s = relax_s
+        self.max_ratio = max_ratio
+        n = len(assets)
+        self.pv = np.array([isinstance(a, PvAsset) for a in assets], dtype=np.bool_)
+        self._index = np.flatnonzero(self.pv)
+        pvs = [a for a in assets if isinstance(a, PvAsset)]
+        self._tilt = np.array([a.tilt_deg for a in pvs], dtype=np.float64)
+        self._azimuth = np.array([a.azimuth_deg for a in pvs], dtype=np.float64)
+        self._kwp = np.array([a.capacity_kwp for a in pvs], dtype=np.float64)
+        self._ratio_pr = np.array([a.performance_ratio for a in pvs], dtype=np.float64)
+        self.max_output_kw = np.zeros(n)
+        self.max_output_kw[self._index] = [a.max_output_kw for a in pvs]
+        # Below this clear-sky output (dawn, dusk) a ratio is mostly noise: keep the last one.
+        self._learn_kw = learn_fraction * self.max_output_kw
+        self.ratio = np.where(self.pv, 1.0, np.nan)
+        self.estimate_kw = np.full(n, np.nan)
+        self._clear_at: float | None = None
+        self._clear_kw = np.zeros(n)
+        self._updated_at: float | None = None
+
+    def clear_sky_kw(self, now: datetime) -> FloatArray:
+        """Clear-sky AC output of every array at `now` (0 for other assets and at night)."""
+        t = now.timestamp()
+        if t != self._clear_at:
+            clear = np.zeros(self.pv.shape[0])
+            if self._index.size:
+                position = solar.solar_position(
+                    self.location.latitude_deg, self.location.longitude_deg, np.array([t])
+                )
+                irradiance = solar.clear_sky_irradiance(position, self.location.altitude_m)
+                poa = solar.poa_irradiance(
+                    irradiance,
+                    position.zenith_deg,
+                    position.azimuth_deg,
+                    self._tilt,
+                    self._azimuth,
+                )
+                clear[self._index] = solar.pv_ac_kw(
+                    poa, self._kwp, self._ratio_pr, self.max_output_kw[self._index]
+                )
+            self._clear_kw = clear
+            self._clear_at = t
+        return self._clear_kw
+
+    def update(
+        self, now: datetime, power_kw: FloatArray, fresh: BoolArray, uncapped: BoolArray
+    ) -> FloatArray:
+        """Learn from the latest readings; returns the available generation (kW, >= 0) of
+        every array (NaN for other assets).
+
+        `uncapped` marks the arrays whose output no cap holds back (no cap in force, or the
+        output clearly below it).
+        """
+        t = now.timestamp()
+        clear = self.clear_sky_kw(now)
+        output = np.where(self.pv & fresh & ~np.isnan(power_kw), np.maximum(-power_kw, 0.0), 0.0)
+        learn = self.pv & fresh & uncapped & (clear > self._learn_kw)
+        held = self.pv & ~(fresh & uncapped)
+        if self._updated_at is not None and t > self._updated_at:
+            pull = 1.0 - math.exp(-(t - self._updated_at) / self.relax_s)
+            self.ratio = np.where(held, self.ratio + (1.0 - self.ratio) * pull, self.ratio)
+        self._updated_at = t
+        with np.errstate(divide="ignore", invalid="ignore"):
+            seen = np.clip(output / clear, 0.0, self.max_ratio)
+        self.ratio = np.where(learn, seen, self.ratio)
+        # A capped array gives at least what it shows.
+        self.ratio = np.where(
+            held & (clear > self._learn_kw), np.fmax(self.ratio, seen), self.ratio
+        )
+        estimate = np.where(
+            self.pv & fresh & uncapped, output, np.maximum(self.ratio * clear, output)
+        )
+        self.estimate_kw = np.where(self.pv, np.minimum(estimate, self.max_output_kw), np.nan)
+        return self.estimate_kw
 
 
 def snapshot_of(model: LimitModel, measurements: Sequence[Measurement | None]) -> Snapshot:

@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not offer the park's demand-response product (spot market only)",
     )
     parser.add_argument(
+        "--no-asset-plans",
+        action="store_true",
+        help="the control loop follows the aggregate target alone, not the schedule's power "
+        "of batteries, thermal loads and EV depots",
+    )
+    parser.add_argument(
         "--indicators",
         type=Path,
         default=None,
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         scenario_time_limit_s=args.scenario_time_limit,
         follow=Follow(args.follow),
         demand_response=not args.no_dr,
+        asset_plans=not args.no_asset_plans,
         warmup_days=args.warmup_days,
     )
     prices = read_prices(args.prices) if args.prices is not None else None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 import math
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from vpp.backtest import (
     operating_cost,
     run_backtest,
     synthetic_series,
+    warmup_days_for,
     write_outputs,
 )
 from vpp.cli import main
@@ -34,6 +37,7 @@ from vpp.config import LoadedConfig, load_park
 from vpp.config.schema import Park
 
 SMALL_PARK = "tests/fixtures/small_park.yaml"
+TZ = ZoneInfo("Asia/Shanghai")
 MARKETS = "config/markets"
 PLOTS = ("schedule_vs_delivered.png", "bids_vs_prices.png", "revenue_per_enterprise.png")
 # Short solves and a coarse loop keep a simulated day to a few seconds.
@@ -46,9 +50,55 @@ FAST = BacktestOptions(
 )
 
 
+# The small park, allowed to export, with a diesel set too dear for the spot market: the
+# flexibility the spot award leaves it for demand response.
+DR_PARK = """
+id: small-dr
+name: Small test park with demand response
+timezone: Asia/Shanghai
+location: {latitude_deg: 31.23, longitude_deg: 121.47}
+grid_import_limit_kw: 5000
+grid_export_limit_kw: 2000
+market: {rule_set: cn_provincial_spot, dr_product: cn_peak_valley_dr}
+enterprises:
+  - id: ent-a
+    name: Enterprise A
+    connection_limit_kw: 3000
+    assets:
+      - {id: bat-a, kind: battery, power_kw: 500, capacity_kwh: 1000}
+      - {id: pv-a, kind: pv, capacity_kwp: 800}
+      - id: load-a
+        kind: curtailable_load
+        profile: {weekday_kw: [400, 400, 400, 400, 400, 400, 600, 800, 900, 900, 900, 900,
+                               800, 900, 900, 900, 900, 800, 700, 600, 500, 450, 400, 400]}
+        max_reduction_kw: 300
+  - id: ent-b
+    name: Enterprise B
+    connection_limit_kw: 2000
+    export_limit_kw: 1000
+    assets:
+      - {id: shift-b, kind: shiftable_load, power_kw: 200, energy_per_run_kwh: 400,
+         windows: ["00:00-08:00", "22:00-24:00"]}
+      - {id: cold-b, kind: thermal_load, rated_power_kw: 150, cop: 2.5,
+         thermal_capacity_kwh_per_k: 200, loss_kw_per_k: 4, temp_min_c: -22, temp_max_c: -16,
+         ambient_c: 25}
+      - {id: ev-b, kind: ev_charging, chargers: 10, charger_power_kw: 60,
+         sessions: [{arrival: "08:00", departure: "17:00", energy_kwh: 300}]}
+      - {id: gen-b, kind: generator, min_kw: 100, max_kw: 500, fuel_cost_per_mwh: 900,
+         emission_kg_per_kwh: 0.55}
+      - {id: diesel-b, kind: generator, min_kw: 200, max_kw: 800, fuel_cost_per_mwh: 2000,
+         emission_kg_per_kwh: 0.7}
+"""
+
+
 @pytest.fixture(scope="module")
-def loaded() -> LoadedConfig:
-    return load_park(SMALL_PARK, markets_dir=MARKETS)
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> LoadedConfig:
+    path = tmp_path_factory.mktemp("park") / "park.yaml"
+    path.write_text(DR_PARK, encoding="utf-8")
+    config = load_park(path, markets_dir=MARKETS)
+    assert config.dr is not None
+    # Under 1 MW is left beside the spot award: the product's 1 MW minimum is lowered.
+    return dataclasses.replace(config, dr=config.dr.model_copy(update={"min_response_kw": 200}))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +185,9 @@ def test_ratios_follow_their_definitions(two_days: tuple[BacktestResult, Path]) 
         summary["revenue"] / summary["optimum_revenue"], rel=1e-12
     )
     awarded, delivered = _column(rows, "awarded_kw"), _column(rows, "delivered_kw")
-    tracking = 1 - np.mean(np.abs(delivered - awarded)) / np.mean(np.abs(awarded))
+    target = _column(rows, "target_kw")
+    np.testing.assert_allclose(target, awarded - _column(rows, "dr_reduction_kw"))
+    tracking = 1 - np.mean(np.abs(delivered - target)) / np.mean(np.abs(target))
     assert summary["tracking_score"] == pytest.approx(tracking, rel=1e-9)
     within = np.array([r["within_5pct"] == "True" for r in rows])
     assert summary["within_5pct_share"] == pytest.approx(within.mean())
@@ -150,9 +202,74 @@ def test_enterprises_add_up_to_the_park(two_days: tuple[BacktestResult, Path]) -
     summary = result.summary
     enterprises = summary["enterprises"]
     assert set(enterprises) == {"ent-a", "ent-b"}
-    for key in ("revenue", "cost", "optimum_revenue", "energy_kwh"):
+    for key in ("revenue", "cost", "optimum_revenue", "energy_kwh", "dr_revenue", "dr_penalties"):
         total = sum(e[key] for e in enterprises.values())
         assert total == pytest.approx(summary[key], rel=1e-9, abs=1e-6), key
+
+
+# --- demand response ---------------------------------------------------------------------------
+
+
+def test_the_warm_up_holds_the_working_days_the_baseline_needs(loaded: LoadedConfig) -> None:
+    assert loaded.dr is not None
+    # Monday 2 June 2025 is Dragon Boat day and the weekend before it a holiday too: the last
+    # five working days before Tuesday 3 June are 26-30 May, eight days back.
+    assert warmup_days_for(date(2025, 6, 3), loaded.dr) == 8
+    assert warmup_days_for(date(2025, 6, 2), loaded.dr) == 7
+    assert warmup_days_for(date(2025, 6, 13), loaded.dr) == 7  # Friday: back to Friday 6 June
+
+
+def test_demand_response_is_offered_called_and_settled(
+    two_days: tuple[BacktestResult, Path], loaded: LoadedConfig
+) -> None:
+    result, out = two_days
+    summary = result.summary
+    assert summary["dr_product"] == "cn_peak_valley_dr"
+    assert summary["warmup_days"] == 7  # Monday 26 May to Sunday 1 June
+    # Monday 2 June is a holiday: its baseline needs five non-working days, the warm-up has two.
+    assert list(summary["dr_skipped_days"]) == ["2025-06-02"]
+    assert "non-working" in summary["dr_skipped_days"]["2025-06-02"]
+    events = summary["dr_events"]
+    assert events  # the grid calls the park at Tuesday's price peak
+    assert {e["start"].astimezone(TZ).date() for e in events} == {date(2025, 6, 3)}
+    # DR money is the sum of what the events settled, and it adds to the net revenue.
+    assert summary["dr_revenue"] == pytest.approx(sum(e["payment"] for e in events), rel=1e-12)
+    assert summary["dr_penalties"] == pytest.approx(sum(e["penalty"] for e in events), rel=1e-12)
+    assert summary["dr_revenue"] > 0
+    assert summary["total_net_revenue"] == pytest.approx(
+        summary["net_revenue"] + summary["dr_revenue"] - summary["dr_penalties"], rel=1e-12
+    )
+    # The product's terms by hand: paid up to 120 % of the target when at least half is
+    # delivered, short of 80 % the gap to 80 % is charged, all at the call price, which is
+    # the product's cap (the grid pays its DR product's price).
+    assert loaded.dr is not None
+    for event in events:
+        hours = (event["end"] - event["start"]).total_seconds() / 3600
+        target, delivered = event["target_kwh"], event["delivered_kwh"]
+        assert target == pytest.approx(event["reduction_kw"] * hours)
+        assert event["price_per_mwh"] == loaded.dr.bid_price_cap_per_mwh == 3000
+        ratio = delivered / target
+        assert event["performance_ratio"] == pytest.approx(ratio)
+        credited = min(delivered, 1.2 * target) if ratio >= 0.5 else 0.0
+        assert event["payment"] == pytest.approx(credited / 1000 * 3000, abs=1e-6)
+        shortfall = 0.8 * target - max(delivered, 0.0) if ratio < 0.8 else 0.0
+        assert event["penalty"] == pytest.approx(shortfall / 1000 * 3000, abs=1e-6)
+        shares = event["enterprises"].values()
+        assert sum(e["payment"] for e in shares) == pytest.approx(event["payment"], abs=1e-6)
+        assert sum(e["penalty"] for e in shares) == pytest.approx(event["penalty"], abs=1e-6)
+    # The settlement meters the park's delivered power, and in an event's intervals the
+    # target is the award less the reduction called.
+    rows = {r["start"]: r for r in _rows(out)}
+    reductions = []
+    for settled in result.dr_settlements:
+        event = next(e for e in events if e["event_id"] == settled.event_id)
+        for line in (i for i in settled.intervals if i.site == "park"):
+            row = rows[line.interval.start.astimezone(TZ).isoformat()]
+            assert float(row["delivered_kw"]) == pytest.approx(line.metered_kw, rel=1e-9)
+            assert float(row["dr_reduction_kw"]) == pytest.approx(event["reduction_kw"])
+            reductions.append(float(row["awarded_kw"]) - float(row["delivered_kw"]))
+    # The loop delivers the reduction on top of the award.
+    assert np.mean(reductions) > 0.5 * np.mean([e["reduction_kw"] for e in events])
 
 
 def test_awards_are_what_the_bid_curves_offer_at_the_clearing_price(
@@ -199,6 +316,7 @@ def test_the_cli_reads_hourly_prices_and_holds_them_over_quarter_hours(
             "--bid-offsets", "0",
             "--scenario-time-limit", "2",
             "--price-forecast", "perfect",
+            "--no-dr",
             "--quiet",
         ]
     )  # fmt: skip
@@ -212,6 +330,10 @@ def test_the_cli_reads_hourly_prices_and_holds_them_over_quarter_hours(
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["first_day"] == "2025-06-04"
     assert summary["price_forecast"] == "perfect"
+    # Spot market only: no warm-up, no DR.
+    assert summary["warmup_days"] == 0
+    assert summary["dr_product"] is None
+    assert (summary["dr_events"], summary["dr_revenue"], summary["dr_penalties"]) == ([], 0, 0)
 
 
 def test_the_cli_refuses_a_period_that_does_not_divide_the_interval(

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.base import Adapter, AdapterHealth, ConnectionState, TelemetrySink
+from adapters.sim import PvModel, SimAdapter
 from vpp.assets import static_limits
+from vpp.backtest import SteppedClock
 from vpp.clock import ManualClock
 from vpp.config.schema import BatteryAsset, Park
 from vpp.control import Controller, ControlOptions, CycleReport
@@ -399,6 +401,33 @@ async def test_no_target_sends_nothing() -> None:
         assert reports[-1].controllable == 3
 
 
+async def test_planned_assets_start_from_their_plan() -> None:
+    async with rig(BATTERIES[:2]) as r:
+        now = r.clock.now()
+        # b01 is planned to charge at 80 kW this hour, b00 to idle.
+        r.controller.set_plan(now, timedelta(hours=1), {"b01": [80.0], "b00": [0.0]})
+        await r.override(80.0)
+        await r.cycles(2)
+        assert r.plant.devices["b01"].power_kw == pytest.approx(80.0)
+        assert r.plant.devices["b00"].power_kw == pytest.approx(0.0)
+        # 20 kW more than planned: shared by headroom (100 and 20 kW) in their cost tier.
+        await r.override(100.0)
+        await r.cycles(2)
+        assert r.plant.devices["b00"].power_kw == pytest.approx(20 * 100 / 120)
+        assert r.plant.devices["b01"].power_kw == pytest.approx(80 + 20 * 20 / 120)
+        # Past the plan's end the assets start from where they are again.
+        r.controller.set_plan(now - timedelta(hours=2), timedelta(hours=1), {"b01": [0.0]})
+        await r.override(40.0)
+        await r.cycles(2)
+        split = (r.plant.devices["b00"].power_kw, r.plant.devices["b01"].power_kw)
+        # 60 kW less, taken by headroom down (116.7 and 183.3 kW).
+        assert split == pytest.approx(
+            (100 / 6 - 60 * (100 / 6 + 100) / 300, 500 / 6 - 60 * (500 / 6 + 100) / 300)
+        )
+        with pytest.raises(ValueError, match="unknown asset"):
+            r.controller.set_plan(now, timedelta(hours=1), {"nope": [1.0]})
+
+
 # --- property: no setpoint ever leaves outside its asset's limits ---------------------------
 
 MIXED = [
@@ -479,6 +508,10 @@ def test_no_setpoint_leaves_outside_its_limits(
     for sp in sent:
         asset = MIXED_PARK.asset(sp.asset_id)
         assert static_limits(asset).contains(sp.power_kw)
+        if sp.asset_id == "pv":
+            # A cap on injection: its available power is estimated from the clear sky, not
+            # from this one reading, and the inverter's rating (no cap) is always allowed.
+            continue
         limits, _ = asset_limits(
             asset,
             measured[sp.asset_id],
@@ -493,3 +526,111 @@ def test_no_setpoint_leaves_outside_its_limits(
         if sp.asset_id == "gen":
             assert -400.0 <= sp.power_kw <= -100.0  # a running generator stays in its range
     assert np.isfinite([sp.power_kw for sp in sent]).all()
+
+
+# --- PV: a cap the loop set is lifted as soon as nobody needs it -----------------------------
+
+# 03:00 in Shanghai on Wednesday 2024-06-05: two hours before sunrise.
+NIGHT = datetime(2024, 6, 4, 19, 0, tzinfo=UTC)
+PV_ASSETS: list[dict[str, Any]] = [
+    {"id": "pv", "kind": "pv", "capacity_kwp": 500, "curtailment_cost_per_mwh": 50},
+    battery("bat", power_kw=50, capacity_kwh=400, soc_initial=0.5),
+]
+
+
+@dataclass
+class SimRig:
+    """The control loop driving the simulator's physics on a stepped clock."""
+
+    clock: SteppedClock
+    sim: SimAdapter
+    fleet: Fleet
+    targets: TargetBook
+    controller: Controller
+    period_s: float
+
+    async def run(self, minutes: float) -> list[tuple[float, float, float]]:
+        """Run control periods for `minutes`; per period (PV output, PV available, cap in
+        force), checking that the PV is never taken for an asset that does not follow."""
+        rows = []
+        pv = self.sim.models["pv"]
+        assert isinstance(pv, PvModel)
+        for _ in range(round(minutes * 60 / self.period_s)):
+            now = self.clock.now() + timedelta(seconds=self.period_s)
+            done = self.controller.cycles_run
+            self.clock.set(now)
+            self.fleet.accept(self.sim.name, self.sim.step_once(now, self.period_s))
+            self.clock.wake()
+            report = await asyncio.wait_for(self.controller.wait_cycle(done), 5)
+            await asyncio.wait_for(self.controller.wait_idle(), 5)
+            assert report.degraded == 0
+            setpoint = pv.setpoint
+            cap = -np.inf if setpoint is None or setpoint.expired(now) else setpoint.power_kw
+            rows.append((-pv.power_kw, pv.available_kw, cap))
+        return rows
+
+
+@contextlib.asynccontextmanager
+async def sim_rig(
+    assets: list[dict[str, Any]], cloudiness: float, period_s: float = 60.0
+) -> AsyncIterator[SimRig]:
+    hold_s = 2.5 * period_s
+    park = make_park(
+        assets, control_period_s=period_s, telemetry_stale_s=hold_s, setpoint_validity_s=hold_s
+    )
+    clock = SteppedClock(NIGHT)
+    metrics = Metrics()
+    fleet = Fleet(park, clock, stale_after_s=hold_s, metrics=metrics)
+    sim = SimAdapter(park.iter_assets(), park, clock, seed=3, cloudiness=cloudiness)
+    targets = TargetBook()
+    routes = dict.fromkeys(sim.asset_ids, sim)
+    controller = Controller(park, fleet, routes, clock, metrics, targets)
+    fleet.accept(sim.name, sim.step_once(NIGHT, period_s))
+    task = asyncio.create_task(controller.run(), name="controller-under-test")
+    try:
+        await asyncio.wait_for(controller.wait_cycle(0), 5)
+        yield SimRig(clock, sim, fleet, targets, controller, period_s)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(("cloudiness", "period_s"), [(0.0, 60.0), (0.3, 60.0), (0.3, 300.0)])
+async def test_pv_capped_at_night_generates_again_in_the_morning(
+    cloudiness: float, period_s: float
+) -> None:
+    # The park is asked to export far more than it can all day: no curtailment is ever
+    # wanted, so the PV must follow the sun from sunrise on.
+    async with sim_rig(PV_ASSETS, cloudiness, period_s) as r:
+        r.targets.set_schedule(NIGHT, timedelta(hours=1), [-5000.0] * 12)
+        rows = await r.run(7 * 60)  # 03:00 to 10:00
+        per_hour = round(3600 / period_s)
+        assert all(available == 0.0 for _, available, _ in rows[:per_hour])  # 03:00-04:00
+        morning = rows[4 * per_hour :]  # 07:00-10:00
+        assert np.mean([available for _, available, _ in morning]) > 100.0
+        for output, available, cap in morning:
+            assert output == pytest.approx(available, rel=0.02, abs=1.0)
+            assert -cap >= available  # no cap in force below what the sun gives
+        output, available, _ = rows[-1]
+        assert available > 150.0  # 10:00 in June: the array is well up
+        assert output == pytest.approx(available, rel=0.02)
+
+
+async def test_a_cap_the_target_asked_for_is_lifted_when_it_no_longer_does() -> None:
+    async with sim_rig(PV_ASSETS, cloudiness=0.2) as r:
+        await r.run(7 * 60)  # to 10:00, nothing asked
+        now = r.clock.now()
+        # Zero export asked for: the PV is curtailed (the battery alone cannot absorb it).
+        r.targets.set_override(0.0, now, now + timedelta(minutes=30))
+        rows = await r.run(30)
+        output, available, cap = rows[-1]
+        assert available > 150.0
+        assert output < 0.5 * available
+        assert cap == pytest.approx(-output, abs=5.0)
+        # Then all the export it can give: the cap goes, the PV generates in full again.
+        r.targets.set_override(-5000.0, r.clock.now(), r.clock.now() + timedelta(hours=1))
+        rows = await r.run(30)
+        for output, available, cap in rows[2:]:
+            assert output == pytest.approx(available, rel=0.02, abs=1.0)
+            assert -cap >= available

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from vpp.assets import static_limits
-from vpp.config.schema import AnyAsset, Asset
+from vpp.config.schema import AnyAsset, Asset, Location, PvAsset
 from vpp.domain import Measurement
-from vpp.limits import Blocked, LimitModel, Snapshot, asset_limits
+from vpp.limits import Blocked, LimitModel, PvAvailability, Snapshot, asset_limits
+from vpp.solar import pv_available_kw
 
 TZ = ZoneInfo("Asia/Shanghai")
 # Wednesday 2024-01-03 10:30 in Shanghai.
@@ -277,3 +278,66 @@ def test_limits_never_leave_the_static_range_and_are_ordered(
         assert static.contains(float(limits.upper_kw[i]))
     # Assets without fresh telemetry are never controllable.
     assert not np.any(limits.controllable & ~np.asarray(fresh))
+
+
+# --- PV availability while capped ---------------------------------------------------------------
+
+PV_ROOF = make(
+    {"id": "pv", "kind": "pv", "capacity_kwp": 1000, "inverter_kw": 900, "tilt_deg": 20,
+     "azimuth_deg": 160}
+)  # fmt: skip
+SITE = Location(latitude_deg=31.23, longitude_deg=121.47, altitude_m=10)
+# Wednesday 2024-06-05 09:00 in Shanghai.
+JUNE_0900 = datetime(2024, 6, 5, 1, 0, tzinfo=UTC)
+
+
+def _pv_state(power_kw: float) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([power_kw, 0.0]), np.array([True, True])
+
+
+def test_pv_availability_is_the_clear_sky_output_until_something_is_learnt() -> None:
+    estimate = PvAvailability([PV_ROOF, BATTERY], SITE)
+    for hour in (0, 1, 2):
+        now = JUNE_0900 + timedelta(hours=hour)
+        assert isinstance(PV_ROOF, PvAsset)
+        expected = pv_available_kw(PV_ROOF, SITE, [now])[0]
+        assert estimate.clear_sky_kw(now)[0] == pytest.approx(expected, rel=1e-9)
+        assert estimate.clear_sky_kw(now)[1] == 0.0
+        power, fresh = _pv_state(0.0)  # capped at zero: the output says nothing
+        result = estimate.update(now, power, fresh, np.array([False, True]))
+        assert result[0] == pytest.approx(expected, rel=1e-9)
+        assert np.isnan(result[1])
+    night = JUNE_0900 + timedelta(hours=13)
+    power, fresh = _pv_state(0.0)
+    assert estimate.update(night, power, fresh, np.array([True, True]))[0] == 0.0
+
+
+def test_pv_availability_learns_a_ratio_when_uncapped_and_follows_the_sun_when_capped() -> None:
+    estimate = PvAvailability([PV_ROOF], SITE, relax_s=3600.0)
+    clear_0900 = estimate.clear_sky_kw(JUNE_0900)[0]
+    uncapped, capped = np.array([True]), np.array([False])
+    fresh = np.array([True])
+    # A cloudy morning: 60 % of clear sky, uncapped: the estimate is the output itself.
+    seen = estimate.update(JUNE_0900, np.array([-0.6 * clear_0900]), fresh, uncapped)
+    assert seen[0] == pytest.approx(0.6 * clear_0900)
+    assert estimate.ratio[0] == pytest.approx(0.6)
+    # Capped at zero one hour later: 60 % of the clear sky of 10:00, relaxed toward clear sky
+    # by 1 - e^-1 of the gap (one time constant).
+    ten = JUNE_0900 + timedelta(hours=1)
+    clear_1000 = estimate.clear_sky_kw(ten)[0]
+    assert clear_1000 > clear_0900
+    ratio = 1.0 - 0.4 * np.exp(-1.0)
+    result = estimate.update(ten, np.array([0.0]), fresh, capped)
+    assert result[0] == pytest.approx(ratio * clear_1000, rel=1e-9)
+    # A capped array gives at least what it shows.
+    eleven = JUNE_0900 + timedelta(hours=2)
+    clear_1100 = estimate.clear_sky_kw(eleven)[0]
+    shown = min(0.99 * clear_1100, 899.0)
+    result = estimate.update(eleven, np.array([-shown]), fresh, capped)
+    assert result[0] >= shown
+    assert result[0] <= 900.0  # never beyond the inverter
+
+
+def test_pv_availability_checks_its_options() -> None:
+    with pytest.raises(ValueError, match="relax_s"):
+        PvAvailability([PV_ROOF], SITE, relax_s=0)

@@ -132,6 +132,8 @@ def parse_timestamp(text: object) -> datetime:
 def _sample_value(sample: Mapping[str, Any], version: str) -> tuple[str, str | None, float]:
     """(measurand, phase, value in W / Wh / %) of one sampled value."""
     measurand = sample.get("measurand", "Energy.Active.Import.Register")
+    if not isinstance(measurand, str):
+        raise PayloadError("wrong_type", f"measurand {measurand!r} is not a string")
     if version == "1.6":
         if sample.get("format") == "SignedData":
             raise PayloadError("unsupported_format", "signed meter data is not decoded")
@@ -145,21 +147,27 @@ def _sample_value(sample: Mapping[str, Any], version: str) -> tuple[str, str | N
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise PayloadError("wrong_type", f"{measurand} value {raw!r} is not a number")
         uom = sample.get("unit_of_measure") or {}
+        if not isinstance(uom, Mapping):
+            raise PayloadError("wrong_type", f"{measurand} unit_of_measure is not an object")
         unit = uom.get("unit")
         multiplier = uom.get("multiplier", 0)
-        if not isinstance(multiplier, int):
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int):
             raise PayloadError("wrong_type", f"{measurand} multiplier {multiplier!r}")
+        if not -24 <= multiplier <= 24:  # beyond yocto..yotta: corrupt, and 10.0**400 overflows
+            raise PayloadError("malformed", f"{measurand} multiplier {multiplier} is out of range")
     try:
         value = float(raw)
     except ValueError as err:
         raise PayloadError("wrong_type", f"{measurand} value {raw!r} is not a number") from err
     if not math.isfinite(value):
         raise PayloadError("malformed", f"{measurand} value {raw!r} is not finite")
-    if unit is not None and unit not in _SCALE_TO_BASE:
+    if unit is not None and (not isinstance(unit, str) or unit not in _SCALE_TO_BASE):
         raise PayloadError("unsupported_unit", f"{measurand} in {unit!r}")
-    scale = _SCALE_TO_BASE.get(unit or "", 1.0) * 10.0**multiplier
+    scaled = value * _SCALE_TO_BASE.get(unit or "", 1.0) * 10.0**multiplier
+    if not math.isfinite(scaled):
+        raise PayloadError("malformed", f"{measurand} value {raw!r} {unit or ''} is out of range")
     phase = sample.get("phase")
-    return str(measurand), phase if isinstance(phase, str) else None, value * scale
+    return measurand, phase if isinstance(phase, str) else None, scaled
 
 
 def _combine(values: list[tuple[str | None, float]]) -> float | None:
@@ -185,7 +193,8 @@ def decode_meter_value(meter_value: object, version: str) -> MeterReading:
     for sample in samples:
         if not isinstance(sample, Mapping):
             raise PayloadError("malformed", "sampled value is not an object")
-        if sample.get("measurand", "Energy.Active.Import.Register") not in USED_MEASURANDS:
+        measurand = sample.get("measurand", "Energy.Active.Import.Register")
+        if isinstance(measurand, str) and measurand not in USED_MEASURANDS:
             continue  # voltage, current, temperature...: not needed, not judged
         measurand, phase, value = _sample_value(sample, version)
         found.setdefault(measurand, []).append((phase, value))
@@ -194,12 +203,16 @@ def decode_meter_value(meter_value: object, version: str) -> MeterReading:
     power = None
     if imported is not None or exported is not None:
         power = (imported or 0.0) - (exported or 0.0)
-    return MeterReading(
+    reading = MeterReading(
         timestamp=timestamp,
         power_w=power,
         energy_wh=_combine(found.get("Energy.Active.Import.Register", [])),
         soc_percent=_combine(found.get("SoC", [])),
     )
+    for total in (reading.power_w, reading.energy_wh, reading.soc_percent):
+        if total is not None and not math.isfinite(total):  # finite phases, infinite sum
+            raise PayloadError("malformed", "meter value sums beyond the float range")
+    return reading
 
 
 @dataclass(slots=True)
@@ -237,6 +250,8 @@ class _StationTotals:
             raise PayloadError("no_power", f"{asset_id}: no Power.Active.Import reported yet")
         energy = self._total(self.energy_wh)
         socs = list(self.soc_percent.values())
+        if not math.isfinite(power) or (energy is not None and not math.isfinite(energy)):
+            raise PayloadError("malformed", f"{asset_id}: connector totals beyond the float range")
         return Measurement(
             asset_id=asset_id,
             timestamp=timestamp,

@@ -3,8 +3,10 @@
 Used by tests, demos and benchmarks as the far end of `adapters.mqtt`: it publishes a retained
 `online` status with an `offline` last will, telemetry per device (`.../telemetry`) or one batch
 per gateway (`.../batch`), and answers setpoints on `.../set` with acks (to the MQTT 5 response
-topic, else the payload's `reply_to`, else `.../ack`). The physics is any object with the
-`step / apply / measure` interface of `adapters.sim` models.
+topic, else the payload's `reply_to`, else `.../ack`). With `set_batch` (the default) its status
+says it takes batched setpoints, and it answers a batch with one batched ack. Acks are
+published without waiting for the broker's PUBACK of the previous one. The physics is any
+object with the `step / apply / measure` interface of `adapters.sim` models.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from adapters import payloads
 from adapters.mqtt import (
     ACK,
     BATCH,
+    MAX_INFLIGHT,
+    NO_DELAY,
     QOS_CONTROL,
     SET,
     STATUS,
     TELEMETRY,
     checked,
+    publish_nowait,
     topic,
 )
 from adapters.sim import SimOptions, Site, make_model
@@ -73,7 +78,8 @@ class MqttDeviceEmulator:
     `devices` maps the ids used in payloads to models. `batched` publishes one `.../batch`
     message per period (a gateway); otherwise each device publishes `.../telemetry` on its own
     endpoint topic. `refuse` may return a reason to refuse a setpoint; `answer=False` makes the
-    device swallow setpoints without acking (to test timeouts).
+    device swallow setpoints without acking (to test timeouts); `set_batch=False` makes it a
+    device that knows only the single setpoint form (it does not announce the batched one).
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class MqttDeviceEmulator:
         refuse: Refusal | None = None,
         answer: bool = True,
         client_id: str | None = None,
+        set_batch: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -113,6 +120,7 @@ class MqttDeviceEmulator:
         self.tls_context = tls_context
         self.refuse = refuse
         self.answer = answer
+        self.set_batch = set_batch
         self.client_id = client_id or f"dev-{enterprise_id}-{endpoint_id}"
         self.stats = EmulatorStats()
         self.connected = asyncio.Event()
@@ -140,6 +148,8 @@ class MqttDeviceEmulator:
             tls_context=self.tls_context,
             keepalive=10,
             timeout=10,
+            max_inflight_messages=MAX_INFLIGHT,
+            socket_options=NO_DELAY,
         )
 
     async def run(self) -> None:
@@ -165,7 +175,7 @@ class MqttDeviceEmulator:
                         await self._announce(client, online=False)
 
     async def _announce(self, client: aiomqtt.Client, *, online: bool) -> None:
-        status = payloads.encode_status(online, self.clock.now())
+        status = payloads.encode_status(online, self.clock.now(), set_batch=self.set_batch)
         await checked(client.publish(self._topic(STATUS), status, qos=QOS_CONTROL, retain=True))
         if not self.batched:
             for device_id in self.devices:
@@ -212,20 +222,32 @@ class MqttDeviceEmulator:
     async def _setpoint_loop(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             try:
-                await self._on_setpoint(client, message)
+                self._on_setpoints(client, message)
             except PayloadError as err:
                 self.stats.errors.append(str(err))
                 log.warning("emulator %s: bad setpoint: %s", self.endpoint_id, err)
 
-    async def _on_setpoint(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    def _on_setpoints(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Apply one `.../set` message (one setpoint or a batch) and publish its ack(s)."""
         raw = message.payload
         if not isinstance(raw, bytes | bytearray):
             raise PayloadError(payloads.WRONG_TYPE, "setpoint payload is not bytes")
-        command = payloads.decode_setpoint(raw)
-        self.stats.setpoints += 1
-        if not self.answer:
+        batch = payloads.decode_setpoints(raw)
+        if not self.set_batch and batch.batched:
+            raise PayloadError(payloads.BAD_VALUE, "this device takes one setpoint per message")
+        for reason, detail in batch.errors:
+            self.stats.errors.append(f"{reason}: {detail}")
+        self.stats.setpoints += len(batch.commands)
+        if not self.answer or not batch.commands:
             return
         now = self.clock.now()
+        acks = [(self._apply(command, now), command.device_id) for command in batch.commands]
+        reply_to, properties = self._reply(message, batch.commands[0])
+        body = payloads.encode_acks(acks) if batch.batched else payloads.encode_ack(*acks[0])
+        if not publish_nowait(client, reply_to, body, QOS_CONTROL, properties):
+            self.stats.errors.append(f"could not publish {len(acks)} ack(s) to {reply_to}")
+
+    def _apply(self, command: payloads.SetpointMessage, now: datetime) -> SetpointAck:
         model = self.devices.get(command.device_id)
         reason = None
         if model is None:
@@ -257,15 +279,7 @@ class MqttDeviceEmulator:
             self.stats.acked += 1
         else:
             self.stats.refused += 1
-        reply_to, properties = self._reply(message, command)
-        await checked(
-            client.publish(
-                reply_to,
-                payloads.encode_ack(ack, command.device_id),
-                qos=QOS_CONTROL,
-                properties=properties,
-            )
-        )
+        return ack
 
     def _reply(
         self, message: aiomqtt.Message, command: payloads.SetpointMessage

@@ -6,8 +6,11 @@ Each run prints one JSON line with at least `assets`, `cycle_ms` and `latency_p9
   target alternates every cycle so that every asset gets a new setpoint (the worst case);
   `cycle_ms` is the median compute time of those cycles, `latency_p99_s` the wall time from a
   target change to every setpoint acknowledged.
-- `--transport mqtt`: the same park behind enterprise gateways on a private Mosquitto (or
-  `--broker HOST:PORT`), simulated devices answering over MQTT, wall-clock time.
+- `--transport mqtt`: the same park behind enterprise gateways (one per 100 assets) on a
+  private Mosquitto (or `--broker HOST:PORT`), simulated devices answering over MQTT,
+  wall-clock time. The device emulators run in `--device-processes` processes of their own
+  (0: in the engine's event loop); `--no-set-batch` makes them gateways that take one
+  setpoint per message (no batched setpoints or acks).
 
 `--suite` runs the standard set: in-process at 1,000 and 10,000 assets, MQTT at 1,000.
 """
@@ -16,14 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +158,7 @@ def summary(
         "cycle_ms_max": round(max(cycle_ms), 2),
         "latency_p50_s": round(statistics.median(latencies), 4),
         "latency_p99_s": round(percentile(latencies, 0.99), 4),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine may be shared
     }
 
 
@@ -204,11 +213,105 @@ async def run_inprocess(assets: int, steps: int) -> dict[str, Any]:
     return summary("inprocess", assets, reports, latencies)
 
 
+def device_emulators(
+    park: Park, broker: tuple[str, int], enterprises: range, set_batch: bool
+) -> list[Any]:
+    """One gateway emulator per enterprise in `enterprises`, over the park's simulated assets."""
+    from adapters.mqtt_device import MqttDeviceEmulator, sim_models
+
+    clock = SystemClock()
+    return [
+        MqttDeviceEmulator(
+            host=broker[0],
+            port=broker[1],
+            enterprise_id=park.enterprises[e].id,
+            endpoint_id=f"gw{e}",
+            devices=sim_models(park, {a.id: a.id for a in park.enterprises[e].assets}, seed=e),
+            batched=True,
+            period_s=2.0,
+            clock=clock,
+            set_batch=set_batch,
+            client_id=f"bench-gw{e}",
+        )
+        for e in enterprises
+    ]
+
+
+async def _serve_devices(
+    assets: int,
+    broker: tuple[str, int],
+    enterprises: range,
+    set_batch: bool,
+    ready: ProcessEvent,
+    stop: ProcessEvent,
+) -> None:
+    park = generated_park(assets, broker)
+    emulators = device_emulators(park, broker, enterprises, set_batch)
+    gc.freeze()
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(em.run(), name=f"device:{em.endpoint_id}") for em in emulators]
+        await asyncio.gather(*(em.connected.wait() for em in emulators))
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        for task in tasks:
+            task.cancel()
+
+
+def device_process(
+    assets: int,
+    broker: tuple[str, int],
+    enterprises: range,
+    set_batch: bool,
+    ready: ProcessEvent,
+    stop: ProcessEvent,
+) -> None:
+    """A process running some of the gateway emulators until `stop` is set."""
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(_serve_devices(assets, broker, enterprises, set_batch, ready, stop))
+
+
+@contextlib.contextmanager
+def device_processes(
+    assets: int, broker: tuple[str, int], processes: int, set_batch: bool
+) -> Iterator[None]:
+    """Start the emulators in `processes` processes, wait until all are connected, stop them."""
+    gateways = max(assets // ASSETS_PER_ENTERPRISE, 1)
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    workers = []
+    readies = []
+    for k in range(processes):
+        share = range(k, gateways, processes)
+        ready = context.Event()
+        worker = context.Process(
+            target=device_process, args=(assets, broker, share, set_batch, ready, stop)
+        )
+        worker.start()
+        workers.append(worker)
+        readies.append(ready)
+    try:
+        for ready in readies:
+            if not ready.wait(60):
+                raise RuntimeError("device emulators did not connect within 60 s")
+        yield
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+
+
 async def run_mqtt(
-    assets: int, steps: int, broker: tuple[str, int], in_flight: int
+    assets: int,
+    steps: int,
+    broker: tuple[str, int],
+    in_flight: int,
+    device_procs: int = 1,
+    set_batch: bool = True,
 ) -> dict[str, Any]:
     from adapters.mqtt import mqtt_adapters
-    from adapters.mqtt_device import MqttDeviceEmulator, sim_models
 
     park = generated_park(assets, broker)
     clock = SystemClock()
@@ -219,19 +322,8 @@ async def run_mqtt(
     targets = TargetBook()
     options = ControlOptions(max_in_flight_per_adapter=in_flight, send_timeout_s=5.0)
     controller = Controller(park, fleet, routes, clock, metrics, targets, options=options)
-    emulators = [
-        MqttDeviceEmulator(
-            host=broker[0],
-            port=broker[1],
-            enterprise_id=enterprise.id,
-            endpoint_id=f"gw{e}",
-            devices=sim_models(park, {a.id: a.id for a in enterprise.assets}, seed=e),
-            batched=True,
-            period_s=2.0,
-            clock=clock,
-        )
-        for e, enterprise in enumerate(park.enterprises)
-    ]
+    gateways = range(max(assets // ASSETS_PER_ENTERPRISE, 1))
+    emulators = [] if device_procs else device_emulators(park, broker, gateways, set_batch)
     reports: list[CycleReport] = []
     latencies: list[float] = []
     gc.freeze()
@@ -259,23 +351,48 @@ async def run_mqtt(
     result["acked"] = controller.acked
     result["refused"] = controller.refused
     result["in_flight"] = in_flight
+    result["set_messages"] = sum(getattr(a, "set_messages", 0) for a in adapters)
+    result["device_processes"] = device_procs
+    result["set_batch"] = set_batch
     return result
 
 
+def _mqtt(
+    assets: int,
+    steps: int,
+    broker: tuple[str, int],
+    in_flight: int,
+    device_procs: int,
+    set_batch: bool,
+) -> dict[str, Any]:
+    if device_procs == 0:
+        return asyncio.run(run_mqtt(assets, steps, broker, in_flight, 0, set_batch))
+    with device_processes(assets, broker, device_procs, set_batch):
+        return asyncio.run(run_mqtt(assets, steps, broker, in_flight, device_procs, set_batch))
+
+
 def run_one(
-    transport: str, assets: int, steps: int, broker: str | None, in_flight: int = 256
+    transport: str,
+    assets: int,
+    steps: int,
+    broker: str | None,
+    in_flight: int = 256,
+    device_procs: int = 1,
+    set_batch: bool = True,
 ) -> dict[str, Any]:
     if transport == "inprocess":
         return asyncio.run(run_inprocess(assets, steps))
     if broker is not None:
         host, port = broker.rsplit(":", 1)
-        return asyncio.run(run_mqtt(assets, steps, (host, int(port)), in_flight))
+        return _mqtt(assets, steps, (host, int(port)), in_flight, device_procs, set_batch)
     from tests.brokers import MosquittoProcess, mosquitto_available
 
     if not mosquitto_available():
-        return asyncio.run(run_mqtt(assets, steps, ("127.0.0.1", 1883), in_flight))
+        return _mqtt(assets, steps, ("127.0.0.1", 1883), in_flight, device_procs, set_batch)
     with tempfile.TemporaryDirectory() as folder, MosquittoProcess(Path(folder)) as mosquitto:
-        result = asyncio.run(run_mqtt(assets, steps, (mosquitto.host, mosquitto.port), in_flight))
+        result = _mqtt(
+            assets, steps, (mosquitto.host, mosquitto.port), in_flight, device_procs, set_batch
+        )
     result["broker"] = "mosquitto"
     return result
 
@@ -289,6 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--in-flight", type=int, default=256, help="MQTT: setpoints awaiting acks per adapter"
     )
+    parser.add_argument(
+        "--device-processes",
+        type=int,
+        default=1,
+        help="MQTT: processes running the device emulators (0: in the engine's event loop)",
+    )
+    parser.add_argument(
+        "--no-set-batch",
+        action="store_true",
+        help="MQTT: gateways take one setpoint per message (no batched setpoints or acks)",
+    )
     parser.add_argument("--suite", action="store_true", help="run the standard set")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -299,7 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         else [(args.transport, args.assets)]
     )
     for transport, assets in runs:
-        result = run_one(transport, assets, args.steps, args.broker, args.in_flight)
+        result = run_one(
+            transport,
+            assets,
+            args.steps,
+            args.broker,
+            args.in_flight,
+            args.device_processes,
+            not args.no_set_batch,
+        )
         print(json.dumps(result), flush=True)
     return 0
 

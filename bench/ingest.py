@@ -3,7 +3,9 @@
 Each run prints one JSON line with at least `mode` (`unbatched`: one message per device
 reading, `batched`: one message per gateway with `--batch` readings), `readings_per_s`,
 `reference_per_s` (the same stream received by Debian's C client `mosquitto_sub`), `ratio` and
-`lost` (readings published with QoS 1 that never reached the fleet).
+`lost` (readings published with QoS 1 that never reached the fleet), and the same per CPU
+second of the receiving process (`readings_per_cpu_s`, `reference_per_cpu_s`): on a shared
+machine the wall-clock rates say how much CPU the run got, these say what a core would take.
 
 Method, on a private Mosquitto on a free loopback port:
 1. the engine's adapter (fixed client id, persistent session) and a `mosquitto_sub`
@@ -26,6 +28,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -277,11 +280,14 @@ def run(
         fleet = Fleet(park, SystemClock(), stale_after_s=3600.0, metrics=metrics)
         sink = CountingFleet(fleet, readings)
         (engine,) = mqtt_adapters(park, SystemClock(), metrics)
+        cpu_started = time.process_time()
         asyncio.run(drain(engine, sink, idle_s=10.0))
+        engine_cpu_s = time.process_time() - cpu_started
         span = (sink.last_at - sink.first_at) if sink.first_at is not None else 0.0
         engine_per_s = sink.received / span if span > 0 else 0.0
 
         started = time.perf_counter()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(
             [*reference_args, "-C", str(messages)],
             check=True,
@@ -289,6 +295,10 @@ def run(
             timeout=600,
         )
         reference_s = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        reference_cpu_s = (after.ru_utime + after.ru_stime) - (
+            children.ru_utime + children.ru_stime
+        )
         reference_per_s = readings / reference_s
     lost = readings - sink.received
     return {
@@ -307,6 +317,12 @@ def run(
         "messages_per_s": round(engine_per_s * messages / readings),
         "reference_per_s": round(reference_per_s),
         "ratio": round(engine_per_s / reference_per_s, 3) if reference_per_s else None,
+        # Per CPU second of the receiving process: what a core of its own would take,
+        # whatever else the machine was doing.
+        "engine_cpu_s": round(engine_cpu_s, 2),
+        "readings_per_cpu_s": round(sink.received / engine_cpu_s) if engine_cpu_s else None,
+        "reference_cpu_s": round(reference_cpu_s, 2),
+        "reference_per_cpu_s": round(readings / reference_cpu_s) if reference_cpu_s else None,
         "goal_per_s": GOALS_PER_S[mode],
         "goal_met": engine_per_s >= GOALS_PER_S[mode] and (qos == 0 or lost == 0),
         "publish_s": round(publish_s, 2),
@@ -314,6 +330,7 @@ def run(
         "sink": "fleet+metrics" if fleet_metrics else "fleet",
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine may be shared
     }
 
 

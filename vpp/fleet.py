@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FUTURE_TOLERANCE_S = 60.0  # device clocks drift; further ahead than this is a bad timestamp
 RANGE_MARGIN = 1.5  # a reading this far beyond the nameplate range is not physical
+PLAUSIBLE_TOLERANCE_KW = 1e-9  # PowerLimits.contains's default tolerance
 
 
 @dataclass(slots=True)
@@ -35,6 +36,13 @@ class _Entry:
     last: Measurement | None = None
     online: bool = True
     degraded: bool = False
+    # `plausible` as the bounds `PowerLimits.contains` compares with, for the accept hot path
+    low_kw: float = -math.inf
+    high_kw: float = math.inf
+
+    def __post_init__(self) -> None:
+        self.low_kw = self.plausible.min_kw - PLAUSIBLE_TOLERANCE_KW
+        self.high_kw = self.plausible.max_kw + PLAUSIBLE_TOLERANCE_KW
 
 
 @dataclass(slots=True)
@@ -94,13 +102,26 @@ class Fleet:
         accepted = 0
         kept: list[Measurement] | None = [] if self.listeners else None
         oldest_kept: datetime | None = None
+        entries = self._entries
         for m in measurements:
-            entry = self._entries.get(m.asset_id)
-            reason = self._check(entry, m, future_limit, oldest)
-            if reason is not None:
-                self.reject(adapter, reason, f"asset {m.asset_id!r} at {m.timestamp}")
-                continue
-            assert entry is not None
+            entry = entries.get(m.asset_id)
+            at = m.timestamp
+            # The common reading passes every check of `_check` here, inline (NaN and
+            # infinities fail the range comparison); any other goes to `_check` for its reason.
+            if not (
+                entry is not None
+                and at.tzinfo is not None
+                and oldest <= at <= future_limit
+                and (entry.last is None or at >= entry.last.timestamp)
+                and entry.low_kw <= m.power_kw <= entry.high_kw
+                and (m.soc_fraction is None or 0.0 <= m.soc_fraction <= 1.0)
+                and (m.temperature_c is None or -100.0 <= m.temperature_c <= 150.0)
+            ):
+                reason = self._check(entry, m, future_limit, oldest)
+                if reason is not None:
+                    self.reject(adapter, reason, f"asset {m.asset_id!r} at {m.timestamp}")
+                    continue
+                assert entry is not None
             entry.last = m
             if not m.available:
                 entry.online = False
@@ -109,8 +130,8 @@ class Fleet:
             accepted += 1
             if kept is not None:
                 kept.append(m)
-            if oldest_kept is None or m.timestamp < oldest_kept:
-                oldest_kept = m.timestamp
+            if oldest_kept is None or at < oldest_kept:
+                oldest_kept = at
         self.accepted += accepted
         if self.metrics is not None and accepted:
             self.metrics.telemetry_received.labels(adapter).inc(accepted)

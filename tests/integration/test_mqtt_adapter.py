@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -16,7 +17,14 @@ import pytest
 
 from adapters import payloads
 from adapters._retry import Backoff
-from adapters.mqtt import MqttAdapter, MqttEndpoint, mqtt_adapters, mqtt_endpoints
+from adapters.mqtt import (
+    NO_DELAY,
+    MqttAdapter,
+    MqttEndpoint,
+    checked,
+    mqtt_adapters,
+    mqtt_endpoints,
+)
 from adapters.mqtt_device import MqttDeviceEmulator, sim_models
 from tests.brokers import MosquittoProcess, make_tls, mosquitto_available
 from tests.integration.conftest import BrokerInfo
@@ -171,14 +179,113 @@ async def test_setpoint_is_acked_with_the_applied_power(broker: BrokerInfo) -> N
     assert too_much.accepted and too_much.applied_power_kw is not None
     assert too_much.applied_power_kw <= 200.0
     assert adapter.acknowledged["gen-a"].correlation_id == relayed.correlation_id
-    acked = metrics.registry.get_sample_value("vpp_setpoints_acked_total", {"adapter": "mqtt"})
-    assert acked == 3.0
+    assert adapter.set_messages == 3  # one at a time: nothing to coalesce
+    # the adapter counts only its own refusals; sent and acked are the control loop's
+    refused = metrics.registry.get_sample_value(
+        "vpp_setpoints_refused_total", {"adapter": "mqtt", "reason": "timeout"}
+    )
+    assert refused is None
+
+
+async def test_setpoints_of_one_loop_turn_go_to_a_gateway_in_one_message(
+    broker: BrokerInfo,
+) -> None:
+    park = make_park(broker.port, broker.protocol)
+    fleet = Fleet(park, SystemClock())
+    adapter = single_adapter(park)
+    device, gateway = emulators(park, broker)
+    gateway.refuse = lambda command: "local_override" if command.power_kw > 0 else None
+    async with running(adapter.run(fleet), device.run(), gateway.run()):
+        await eventually(lambda: adapter.health().state.value == "connected")
+        await asyncio.gather(device.connected.wait(), gateway.connected.wait())
+        # the gateway's retained status says it takes batches
+        await eventually(lambda: adapter.takes_set_batch("gen-a"))
+        sent = [setpoint("gen-a", -300.0), setpoint("bat-b", 50.0), setpoint("bat-a", -20.0)]
+        acks = await asyncio.gather(*(adapter.send(s) for s in sent))
+    # one message to the gateway for its two assets, one to the device
+    assert adapter.set_messages == 2
+    assert gateway.stats.setpoints == 2 and device.stats.setpoints == 1
+    assert [a.correlation_id for a in acks] == [s.correlation_id for s in sent]
+    assert [a.asset_id for a in acks] == ["gen-a", "bat-b", "bat-a"]
+    assert acks[0].accepted and acks[0].applied_power_kw == pytest.approx(-300.0)
+    assert (acks[1].accepted, acks[1].reason) == (False, "local_override")
+    assert acks[2].accepted and acks[2].applied_power_kw == pytest.approx(-20.0)
+    assert adapter.late_acks == 0 and not adapter.rejections
+
+
+async def test_a_gateway_without_batch_support_gets_one_setpoint_per_message(
+    broker: BrokerInfo,
+) -> None:
+    park = make_park(broker.port, broker.protocol)
+    fleet = Fleet(park, SystemClock())
+    adapter = single_adapter(park)
+    device, gateway = emulators(park, broker, set_batch=False)
+    async with running(adapter.run(fleet), device.run(), gateway.run()):
+        await eventually(lambda: adapter.health().state.value == "connected")
+        await gateway.connected.wait()
+        await eventually(lambda: fleet.latest("gen-a") is not None)  # its status came first
+        assert not adapter.takes_set_batch("gen-a")
+        sent = [setpoint("gen-a", -250.0), setpoint("bat-b", -40.0)]
+        acks = await asyncio.gather(*(adapter.send(s) for s in sent))
+    assert adapter.set_messages == 2
+    assert not gateway.stats.errors  # it never saw the batched form
+    assert all(a.accepted for a in acks)
+    assert [a.applied_power_kw for a in acks] == [pytest.approx(-250.0), pytest.approx(-40.0)]
+
+
+async def test_a_batched_ack_resolves_each_send_and_bad_entries_are_rejected(
+    broker: BrokerInfo,
+) -> None:
+    """A gateway written by someone else: it answers two setpoints in one batched ack."""
+    park = make_park(broker.port, broker.protocol, ack_timeout_s=5.0)
+    fleet = Fleet(park, SystemClock())
+    adapter = single_adapter(park)
+    first, second = setpoint("gen-a", -100.0), setpoint("bat-b", 30.0)
+    at = datetime.now(UTC).timestamp()
+    body = json.dumps(
+        {
+            "v": 1,
+            "at": at,
+            "acks": [
+                {"id": first.correlation_id, "device": "dg1", "accepted": True},
+                {
+                    "id": second.correlation_id,
+                    "device": "bat-b",
+                    "accepted": False,
+                    "reason": "local_override",
+                },
+                {"id": "unknown-id", "device": "bat-b", "accepted": True},
+                {"device": "bat-b", "accepted": True},
+            ],
+        }
+    ).encode()
+
+    subscribed = asyncio.Event()
+
+    async def answer_when_asked() -> None:
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await checked(client.subscribe("vpp/ent-a/gw-a/set", 1))
+            subscribed.set()
+            answered = 0
+            async for _ in client.messages:
+                answered += 1
+                if answered == 2:  # both setpoints arrived (one message each: no set_batch)
+                    await checked(client.publish("vpp/ent-a/gw-a/ack", body, qos=1))
+
+    async with running(adapter.run(fleet), answer_when_asked()):
+        await eventually(lambda: adapter.health().state.value == "connected")
+        await subscribed.wait()
+        acks = await asyncio.gather(adapter.send(first), adapter.send(second))
+        await eventually(lambda: adapter.late_acks == 1)
+    assert acks[0].accepted and acks[0].asset_id == "gen-a"
+    assert (acks[1].accepted, acks[1].reason) == (False, "local_override")
+    assert adapter.rejections == {"missing_field": 1}
 
 
 async def test_setpoint_without_ack_times_out_and_refusals_carry_a_reason(
     broker: BrokerInfo,
 ) -> None:
-    park = make_park(broker.port, broker.protocol, ack_timeout_s=0.3)
+    park = make_park(broker.port, broker.protocol, ack_timeout_s=1.0)
     adapter = single_adapter(park)
     fleet = Fleet(park, SystemClock())
     (silent, gateway) = emulators(park, broker)
@@ -252,6 +359,69 @@ async def test_bad_payloads_are_counted_by_reason_and_do_not_stop_ingest(
     )
     assert unknown == 1.0
     assert adapter.health().reconnects == 0
+
+
+async def test_large_and_many_messages_arrive_whole_and_are_acknowledged(
+    broker: BrokerInfo,
+) -> None:
+    """A batch larger than one socket read, and a burst of small QoS 0 and 1 messages.
+
+    The broker sends a client only a few unacknowledged QoS 1 messages at a time, so the
+    burst arrives only if the engine acknowledges what it reads.
+    """
+    devices = 3000
+    park = gateway_park(broker.port, broker.protocol, devices)
+    fleet = Fleet(park, SystemClock())
+    adapter = single_adapter(park)
+    now = datetime.now(UTC).timestamp()
+    readings = [{"id": f"d{i}", "power_kw": float(i % 50), "soc": 0.5} for i in range(devices)]
+    big = json.dumps({"v": 1, "ts": now, "readings": readings}).encode()
+    assert len(big) > 65536 * 2  # several reads, and a 3-byte remaining length
+    burst = 400
+    async with running(adapter.run(fleet)):
+        await eventually(lambda: adapter.health().state.value == "connected")
+        async with aiomqtt.Client(broker.host, broker.port, socket_options=NO_DELAY) as client:
+            await client.publish("vpp/ent-a/gw-a/batch", big, qos=1)
+            for k in range(burst):
+                body = b'{"ts": %f, "power_kw": %d}' % (now + 0.001 * (k + 1), k % 50)
+                await client.publish("vpp/ent-a/d7/telemetry", body, qos=k % 2)
+        await eventually(lambda: fleet.accepted == devices + burst, timeout_s=15.0)
+    assert fleet.rejected == 0 and not adapter.rejections
+    latest = fleet.latest("d7")
+    assert latest is not None and latest.power_kw == float((burst - 1) % 50)
+
+
+def gateway_park(port: int, protocol: str, devices: int) -> Park:
+    """One enterprise with `devices` batteries behind gw-a; d7 is also its own endpoint."""
+    connection = {"adapter": "mqtt", "port": port, "protocol": protocol}
+    assets: list[dict[str, Any]] = [
+        {
+            "id": f"d{i}",
+            "kind": "battery",
+            "power_kw": 100,
+            "capacity_kwh": 200,
+            "connection": connection if i == 7 else {"gateway": "gw-a"},
+        }
+        for i in range(devices)
+    ]
+    return Park.model_validate(
+        {
+            "id": "p",
+            "name": "MQTT volume park",
+            "location": {"latitude_deg": 31.2, "longitude_deg": 121.5},
+            "grid_import_limit_kw": 4e5,
+            "market": {"rule_set": "cn_provincial_spot"},
+            "enterprises": [
+                {
+                    "id": "ent-a",
+                    "name": "A",
+                    "connection_limit_kw": 4e5,
+                    "gateways": [{"id": "gw-a", "connection": connection}],
+                    "assets": assets,
+                }
+            ],
+        }
+    )
 
 
 async def test_retained_status_and_last_will_set_availability(broker: BrokerInfo) -> None:

@@ -98,6 +98,9 @@ def allocate(
     return Allocation(power, change_kw, allocated, saturated)
 
 
+MIN_TIER_HEADROOM_KW = 1e-12
+
+
 def _fill_by_tier(
     headroom: FloatArray, costs: FloatArray, wanted: float, tier_width: float
 ) -> FloatArray:
@@ -107,9 +110,11 @@ def _fill_by_tier(
     tier_headroom = np.bincount(tier_of, weights=headroom, minlength=tiers.shape[0])
     filled_before = np.concatenate(([0.0], np.cumsum(tier_headroom)[:-1]))
     # Fraction of each tier's headroom used: 1 for tiers fully used, 0 beyond the last one.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fraction = np.where(tier_headroom > 0, (wanted - filled_before) / tier_headroom, 0.0).clip(
-            0.0, 1.0
-        )
+    # A tier with a vanishing (even subnormal) headroom takes no share: dividing by it would
+    # overflow, and what it could take is below any meaningful power.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        fraction = np.where(
+            tier_headroom > MIN_TIER_HEADROOM_KW, (wanted - filled_before) / tier_headroom, 0.0
+        ).clip(0.0, 1.0)
     move: FloatArray = headroom * fraction[tier_of]
     return move

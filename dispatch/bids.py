@@ -18,12 +18,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import highspy
 import numpy as np
 
 from dispatch import fast
 from dispatch.flexibility import AssetFlexibility, ParkEnvelope
-from dispatch.problem import DispatchProblem, IntArray, default_penalty
+from dispatch.problem import DispatchProblem, default_penalty
 from dispatch.series import FloatArray, Horizon
 from dispatch.solve import Backend, Method, Result, Schedule, SolveOptions, solve
 from market.rules import DemandResponseRules, SpotMarketRules
@@ -335,12 +334,11 @@ def sample_bid_points(
 class _ScenarioSolver:
     """Solves one problem at many prices.
 
-    With the direct HiGHS back-end on a monolithic problem, the model is built once; each
-    scenario only changes the costs of the grid import and export columns and starts from
-    the previous scenario's schedule (feasible, since only prices change), which spares most
-    of the branch and bound. Batteries that would charge and discharge at once get their
-    binary as in the monolithic solve. Other back-ends, decomposed problems and scenarios
-    without a schedule go through `solve`.
+    With the direct HiGHS back-end the model is kept between scenarios and only its
+    price-dependent costs change: a monolithic problem through `fast.PriceSweep` (the LP
+    relaxation and its rounding, each from the last basis; a MIP only when the rounding is
+    not within the gap), a decomposed one through `fast.Decomposed.resolve`. Other back-ends,
+    and every scenario when `warm` is off, go through `solve`.
     """
 
     def __init__(self, problem: DispatchProblem, options: SolveOptions, *, warm: bool) -> None:
@@ -348,64 +346,39 @@ class _ScenarioSolver:
         self.options = options
         self.warm_solves = 0
         many = len(problem.asset_ids) > options.decompose_above_assets
-        monolithic = options.method is Method.MONOLITHIC or (
-            options.method is Method.AUTO and not many
+        self.decompose = options.method is Method.DECOMPOSED or (
+            options.method is Method.AUTO and many
         )
-        self.warm = warm and options.backend is Backend.HIGHS and monolithic
-        self.built: fast.Built | None = None
-        self.highs: highspy.Highs | None = None
-        self.last_x: FloatArray | None = None
-        self.exclusive: IntArray = np.zeros(0, np.int64)
+        self.warm = warm and options.backend is Backend.HIGHS
+        self.sweep: fast.PriceSweep | None = None
+        self.decomposed: fast.Decomposed | None = None
+        self.decomposed_ok = False
 
     def solve(self, price: FloatArray, export_price: FloatArray) -> Result:
-        shifted = self.problem.with_prices(price, export_price)
         if not self.warm:
-            return solve(shifted, self.options)
-        started = time.perf_counter()
-        if self.built is None or self.highs is None:
-            self.built = fast.build(shifted, exclusive_batteries=self.exclusive)
-            outcome = fast.run(self.built, self.options)
-            self.highs = outcome.highs
-        else:
-            self._set_prices(shifted)
-            if self.last_x is not None:
-                start = highspy.HighsSolution()
-                start.col_value = self.last_x.tolist()
-                start.value_valid = True
-                self.highs.setSolution(start)
-            outcome = fast._rerun(self.built, self.highs)
-        build_s, solver_s = 0.0, outcome.solver_s
-        while outcome.has_solution:
-            # As in the monolithic solve: a battery that charges and discharges at once gets
-            # a binary that forbids it, and the model is solved again (and kept that way).
-            both = fast._simultaneous(self.built, outcome.x)
-            if both.size == 0 or np.isin(both, self.exclusive).all():
-                break
-            self.exclusive = np.union1d(self.exclusive, both)
-            self.built = fast.build(shifted, exclusive_batteries=self.exclusive)
-            outcome = fast.run(self.built, self.options)
-            self.highs = outcome.highs
-            build_s += self.built.build_s
-            solver_s += outcome.solver_s
-        if not outcome.has_solution:
-            self.last_x = None
-            return solve(shifted, self.options)
-        self.warm_solves += 1
-        self.last_x = outcome.x
-        return fast.finish(shifted, self.options, outcome, started, build_s, solver_s)
+            return solve(self.problem.with_prices(price, export_price), self.options)
+        if self.decompose:
+            return self._decomposed(price, export_price)
+        if self.sweep is None:
+            self.sweep = fast.PriceSweep(self.problem, self.options)
+        fallbacks = self.sweep.fallbacks
+        result = self.sweep.solve(price, export_price)
+        self.warm_solves += result.schedule is not None and self.sweep.fallbacks == fallbacks
+        return result
 
-    def _set_prices(self, shifted: DispatchProblem) -> None:
-        assert self.built is not None and self.highs is not None
-        per_kw_interval = shifted.horizon.hours / 1000.0  # currency per kW·interval at 1/MWh
-        emission = (
-            shifted.grid_emission_kg_per_kwh
-            if shifted.grid_emission_kg_per_kwh is not None
-            else np.zeros(shifted.intervals)
-        )
-        buy = (shifted.price_per_mwh + shifted.carbon_price_per_t * emission) * per_kw_interval
-        sell = -shifted.export_price_per_mwh * per_kw_interval
-        for cols, cost in ((self.built.import_cols, buy), (self.built.export_cols, sell)):
-            self.highs.changeColsCost(len(cols), np.asarray(cols, dtype=np.int32), cost)
+    def _decomposed(self, price: FloatArray, export_price: FloatArray) -> Result:
+        if self.decomposed is None or not self.decomposed_ok:
+            shifted = self.problem.with_prices(price, export_price)
+            if self.problem.target_kw is not None and np.any(np.isfinite(self.problem.target_kw)):
+                return solve(shifted, self.options)  # a target couples every asset
+            self.decomposed = fast.Decomposed(shifted, self.options)
+            result = self.decomposed.solve()
+        else:
+            result = self.decomposed.resolve(price, export_price)
+        self.warm_solves += result.schedule is not None
+        # A part without a schedule leaves no model to start from: build afresh next time.
+        self.decomposed_ok = result.schedule is not None
+        return result
 
 
 def build_bid_curves(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import highspy
@@ -68,6 +69,12 @@ SIMULTANEOUS_TOLERANCE = 1e-6
 #: Missing the award (target) costs this many times another soft target: the market
 #: commitment comes before a battery's end state or a cold store's band.
 TARGET_WEIGHT = 10.0
+#: A curtailment run reduces at least this share of its depth in each of its intervals: an
+#: interval without reduction would end the run, as the plant sees it.
+RUN_MIN_DEPTH = 0.01
+#: A rounded plan within this relative gap of its relaxation counts as optimal whatever the
+#: MIP gap asked: the LP's own tolerances are about this size.
+PROVEN_GAP = 1e-6
 #: An elastic (diagnosis) slack costs this many times the soft-target penalty.
 ELASTIC_FACTOR = 100.0
 
@@ -133,7 +140,8 @@ class LinearProgram:
         hi[cols] = np.broadcast_to(np.asarray(upper, float), cols.shape)
         self.lower, self.upper = [lo], [hi]
 
-    def model(self) -> highspy.HighsModel:
+    def model(self, *, relaxed: bool = False) -> highspy.HighsModel:
+        """The HiGHS model; `relaxed` leaves every column continuous (the LP relaxation)."""
         lp = highspy.HighsLp()
         lp.num_col_ = self.n
         lp.num_row_ = self.m
@@ -155,7 +163,7 @@ class LinearProgram:
         lp.a_matrix_.value_ = values[order]
         lp.a_matrix_.num_col_ = self.n
         lp.a_matrix_.num_row_ = self.m
-        if self.has_integers:
+        if self.has_integers and not relaxed:
             kinds = _cat(self.integer)
             lp.integrality_ = [
                 highspy.HighsVarType.kInteger if k else highspy.HighsVarType.kContinuous
@@ -244,7 +252,8 @@ class Built:
     soft: list[_Soft] = field(default_factory=list)
     hard: list[_Soft] = field(default_factory=list)
     exclusive: BoolArray | None = None
-    rounding: list[_RunStarts | _Threshold] = field(default_factory=list)
+    rounding: list[_RunStarts | _Threshold | _Curtailments] = field(default_factory=list)
+    runs: _RunBounds | None = None
     build_s: float = 0.0
 
     def add_power(self, asset: IntArray, cols: IntArray, coef: object) -> None:
@@ -275,7 +284,7 @@ def build(
     exclusive: BoolArray | None = None,
     elastic: bool = False,
     net_column: bool = False,
-    exclusive_batteries: IntArray | None = None,
+    runs_as_bounds: bool = False,
 ) -> Built:
     """The model of `problem` as arrays.
 
@@ -283,13 +292,10 @@ def build(
     at once;
     `elastic` relaxes every hard limit with a heavily penalised slack (for the diagnosis);
     `net_column` puts the park's net power in its own column bounded by the park limits, so a
-    sub-problem's share of those limits can be changed in place (`Built.net_cols`).
-    `exclusive_batteries` (battery rows) is the older form of `exclusive`: every interval.
+    sub-problem's share of those limits can be changed in place (`Built.net_cols`);
+    `runs_as_bounds` models curtailment runs without binaries: the model is then a relaxation
+    of the plant's rules (`Built.runs`), and `Rounded` imposes runs by bounds.
     """
-    if exclusive_batteries is not None and exclusive_batteries.size:
-        rows = np.zeros((len(problem.batteries.asset_ids), problem.intervals), dtype=bool)
-        rows[exclusive_batteries] = True
-        exclusive = rows if exclusive is None else exclusive | rows
     started = time.perf_counter()
     lp = LinearProgram()
     built = Built(lp, problem)
@@ -300,7 +306,7 @@ def build(
     offset = 0
     offset = _battery(built, problem.batteries, offset, exclusive)
     offset = _pv(built, problem.pv, offset)
-    offset = _curtailable(built, problem.curtailable, offset)
+    offset = _curtailable(built, problem.curtailable, offset, runs_as_bounds)
     offset = _shiftable(built, problem.shiftable, offset)
     offset = _thermal(built, problem.thermal, offset)
     offset = _ev(built, problem.ev, offset)
@@ -402,7 +408,165 @@ def _window_sum(
         lp.terms(r, c, coef_arr[active][:, None])
 
 
-def _curtailable(built: Built, block: CurtailableBlock, offset: int) -> int:
+@dataclass(frozen=True, slots=True)
+class _Curtailments:
+    """On/off binaries of curtailable loads, rounded the way the plant would run them."""
+
+    cols: IntArray  # (k × T,), load by load
+    intervals: int
+    duration: IntArray  # longest run before a forced release
+    rest: IntArray  # rest after a release
+    forced_rest: IntArray  # rest after a forced release
+
+    def round(self, x: FloatArray) -> FloatArray:
+        """The runs the plant allows that best match the relaxation: the pattern of runs
+        and rests covering the most of the relaxation's (fractional) reductions and nothing
+        where it does not reduce, by dynamic programming over the plant's states."""
+        wanted = x[self.cols].reshape(-1, self.intervals)
+        return plant_runs(np.where(wanted > 1e-6, wanted, -1.0), self).ravel()
+
+
+def plant_runs(worth: FloatArray, rules: _Curtailments) -> FloatArray:
+    """On/off per load and interval maximising the summed `worth` of the intervals on, under
+    the plant's rules, by dynamic programming over the plant's states: 0 idle, 1..L running
+    for that many intervals, L + r resting r more intervals (L the longest run)."""
+    k, t = worth.shape
+    duration = np.minimum(rules.duration, t)
+    longest = int(duration.max(initial=1))
+    resting = int(max(rules.rest.max(initial=0), rules.forced_rest.max(initial=0), 1))
+    states = 1 + longest + resting
+    rows = np.arange(k)
+    # Where a release leads: rest - 1 more intervals after this one (0 = idle again).
+    after_release = np.where(rules.rest > 1, longest + rules.rest - 1, 0)
+    after_forced = np.where(rules.forced_rest > 1, longest + rules.forced_rest - 1, 0)
+    runs = np.arange(1, longest + 1)
+    shorter = runs[None, :] < duration[:, None]  # (k, L): may grow, or end voluntarily
+    value = np.full((k, states), -np.inf)
+    value[:, 0] = 0.0
+    came_from = np.zeros((t, k, states), dtype=np.int32)
+    for step in range(t):
+        new = np.full((k, states), -np.inf)
+        source = np.zeros((k, states), dtype=np.int32)
+        # Idle: stay idle, or end a rest.
+        from_rest = value[:, longest + 1] > value[:, 0]
+        new[:, 0] = np.where(from_rest, value[:, longest + 1], value[:, 0])
+        source[:, 0] = np.where(from_rest, longest + 1, 0)
+        # Resting: count down.
+        new[:, longest + 1 : states - 1] = value[:, longest + 2 :]
+        source[:, longest + 1 : states - 1] = np.arange(longest + 2, states)
+        # Running: start, or go on while shorter than the duration.
+        new[:, 1] = value[:, 0] + worth[:, step]
+        source[:, 1] = 0
+        if longest > 1:
+            grow = np.where(shorter[:, :-1], value[:, 1:longest], -np.inf)
+            new[:, 2 : longest + 1] = grow + worth[:, step, None]
+            source[:, 2 : longest + 1] = np.arange(1, longest)
+        # Releases: a shorter run voluntarily, a full one forced.
+        running = value[:, 1 : longest + 1]
+        early = np.where(shorter, running, -np.inf)
+        best = np.argmax(early, axis=1)
+        for target, candidate, origin in (
+            (after_release, early[rows, best], best + 1),
+            (after_forced, running[rows, duration - 1], duration),
+        ):
+            better = candidate > new[rows, target]
+            new[rows[better], target[better]] = candidate[better]
+            source[rows[better], target[better]] = origin[better]
+        value = new
+        came_from[step] = source
+    out = np.zeros((k, t))
+    state = np.argmax(value, axis=1)
+    for step in range(t - 1, -1, -1):
+        out[:, step] = (state >= 1) & (state <= longest)
+        state = came_from[step][rows, state]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _RunBounds:
+    """Curtailment runs imposed by bounds on a relaxation (`build(runs_as_bounds=True)`):
+    where a load is not in a run its reduction is 0; a rebounding load draws only outside its
+    runs and owes nothing past the rebound window after a run, which replaces the
+    relaxation's looser repayment rows."""
+
+    rules: _Curtailments  # its cols are the timed loads' reduction columns
+    depth_kw: FloatArray  # (k, T) their reduction limits
+    which: IntArray  # (r,) timed loads that rebound, as rows of the above
+    draw_cols: IntArray  # (r, T)
+    draw_max_kw: FloatArray  # (r,)
+    owed_cols: IntArray  # (r, T)
+    repay_rows: IntArray  # (r, T)
+    window: IntArray  # (r,) rebound window in intervals
+
+    def runs(self, x: FloatArray) -> FloatArray:
+        """(k, T) on/off: the plant's runs best matching the relaxation's reductions."""
+        reduce = x[self.rules.cols].reshape(self.depth_kw.shape)
+        depth = np.maximum(self.depth_kw, 1e-9)
+        share = np.where(self.depth_kw > 0, reduce / depth, 0.0)
+        return plant_runs(np.where(share > 1e-6, share, -1.0), self.rules)
+
+    def bounds(
+        self, on: FloatArray | None
+    ) -> tuple[IntArray, FloatArray, FloatArray, IntArray, FloatArray]:
+        """(columns, their lower and upper bounds, repayment rows, their upper bounds) for
+        runs `on`, or the relaxation's when None."""
+        reduce_cols = self.rules.cols
+        t = self.depth_kw.shape[1]
+        lower = np.zeros(reduce_cols.size + self.draw_cols.size + self.owed_cols.size)
+        if on is None:
+            reduce_up = self.depth_kw.ravel()
+            draw_up = np.broadcast_to(self.draw_max_kw[:, None], self.draw_cols.shape).ravel()
+            owed_up = np.full(self.owed_cols.size, INF)
+            rows_up = np.zeros(self.repay_rows.size)
+        else:
+            reduce_up = (self.depth_kw * on).ravel()
+            lower[: reduce_cols.size] = RUN_MIN_DEPTH * reduce_up
+            mine = on[self.which]
+            draw_up = (self.draw_max_kw[:, None] * (1.0 - mine)).ravel()
+            # Owed only up to the rebound window after the last interval of a run.
+            before = np.zeros((mine.shape[0], t + 1))
+            np.cumsum(mine, axis=1, out=before[:, 1:])
+            start = np.maximum(np.arange(t)[None, :] + 1 - self.window[:, None], 0)
+            recent = before[:, 1:] - np.take_along_axis(before, start, axis=1)
+            owed_up = np.where(recent > 0, INF, 0.0).ravel()
+            rows_up = np.full(self.repay_rows.size, INF)
+        cols = np.concatenate([reduce_cols, self.draw_cols.ravel(), self.owed_cols.ravel()])
+        upper = np.concatenate([reduce_up, draw_up, owed_up])
+        return cols, lower, upper, self.repay_rows.ravel(), rows_up
+
+
+def curtailment_rules(block: CurtailableBlock, t: int) -> tuple[IntArray, IntArray, IntArray]:
+    """(loads that need on/off decisions, their rest, their rest after a forced release).
+
+    The plant counts any reduction, however shallow, towards `max_duration`; a reduction that
+    reaches it is released and rests at least the rebound window (or `rest`, if longer), one
+    released earlier rests `rest`. A load limited in neither way needs no decision.
+    """
+    timed = np.flatnonzero((block.max_duration_intervals < t) | (block.rest_intervals > 0))
+    rest = block.rest_intervals[timed]
+    forced = np.where(
+        block.max_duration_intervals[timed] < t,
+        np.maximum(rest, block.rebound_window_intervals[timed]),
+        rest,
+    )
+    return timed, rest, forced
+
+
+def _curtailable(built: Built, block: CurtailableBlock, offset: int, as_bounds: bool) -> int:
+    """Process loads, as the plant runs them (adapters/sim.py, CurtailableLoadModel).
+
+    A load limited in duration or rest gets a binary per interval: reducing or not. A run of
+    reductions lasts at most `max_duration` intervals; one that lasts that long is released
+    and rests max(rest, rebound window) intervals, one released earlier rests `rest`. The
+    rebound of a run is drawn outside reductions and repaid within the rebound window after
+    the run. (The horizon is assumed to start outside a reduction.) The LP relaxation is
+    tightened by the linear duration limit: at most max_duration intervals at full depth in
+    any max_duration + max(rest, 1).
+
+    With `as_bounds` there are no binaries: the model is the relaxation (nothing of a timed
+    load's rebound is owed a window after its last reduction) and `Built.runs` says how
+    `Rounded` imposes the runs by bounds.
+    """
     n = len(block.asset_ids)
     if n == 0:
         return offset
@@ -414,8 +578,6 @@ def _curtailable(built: Built, block: CurtailableBlock, offset: int) -> int:
     assets = offset + np.arange(n)
     built.power_const[offset : offset + n] += block.baseline_kw
     built.add_power(assets, reduce, -1.0)
-    # Duration: within any max_duration + max(rest, 1) intervals, at most max_duration at
-    # full depth.
     window = block.max_duration_intervals + np.maximum(block.rest_intervals, 1)
     limited = np.flatnonzero(block.max_duration_intervals < t)
     if limited.size:
@@ -423,13 +585,58 @@ def _curtailable(built: Built, block: CurtailableBlock, offset: int) -> int:
         cap = (block.max_duration_intervals[limited] * depth)[:, None]
         rows = lp.constraints((limited.size, t), -INF, cap)
         _window_sum(lp, rows, reduce[limited], window[limited], 1.0)
+    timed, rest, forced_rest = curtailment_rules(block, t)
+    on = np.zeros((0, t), np.int64)
+    rules: _Curtailments | None = None
+    if timed.size and as_bounds:
+        rules = _Curtailments(
+            reduce[timed].ravel(), t, block.max_duration_intervals[timed], rest, forced_rest
+        )
+    elif timed.size:
+        k = timed.size
+        duration = block.max_duration_intervals[timed]
+        depth_kw = block.reduction_max_kw[timed]
+        on = lp.variables((k, t), 0.0, (depth_kw > 0).astype(float), integer=True)
+        built.rounding.append(_Curtailments(on.ravel(), t, duration, rest, forced_rest))
+        link = lp.constraints((k, t), -INF, 0.0)  # reduce <= depth × on
+        lp.terms(link, reduce[timed], 1.0)
+        lp.terms(link, on, -depth_kw)
+        least = lp.constraints((k, t), 0.0, INF)  # reduce >= RUN_MIN_DEPTH × depth × on
+        lp.terms(least, reduce[timed], 1.0)
+        lp.terms(least, on, -RUN_MIN_DEPTH * depth_kw)
+        cut = np.flatnonzero(duration < t)
+        if cut.size:
+            # full[t] = 1 when a run of max_duration ends at t: nothing for forced_rest after.
+            d = duration[cut]
+            full = lp.variables((cut.size, t), 0.0, 1.0)
+            ended = lp.constraints((cut.size, t), -(d - 1.0)[:, None], INF)
+            lp.terms(ended, full, 1.0)
+            _window_sum(lp, ended, on[cut], d, -1.0)
+            after = lp.constraints((cut.size, t), -INF, 1.0)
+            lp.terms(after, on[cut], 1.0)
+            _window_sum(lp, after[:, 1:], full[:, :-1], forced_rest[cut], 1.0)
+        rested = np.flatnonzero(rest > 0)
+        if rested.size:
+            # stop[t] = 1 when a run ended at t - 1: nothing for `rest` intervals from t.
+            m = rested.size
+            upper = np.ones((m, t))
+            upper[:, 0] = 0.0
+            stop = lp.variables((m, t), 0.0, upper)
+            ends = lp.constraints((m, t - 1), 0.0, INF)
+            lp.terms(ends, stop[:, 1:], 1.0)
+            lp.terms(ends, on[rested][:, :-1], -1.0)
+            lp.terms(ends, on[rested][:, 1:], 1.0)
+            down = lp.constraints((m, t), -INF, 1.0)
+            lp.terms(down, on[rested], 1.0)
+            _window_sum(lp, down, stop, rest[rested], 1.0)
     rebound = np.flatnonzero(block.rebound_fraction > 0)
     if rebound.size:
         k = rebound.size
         rho = block.rebound_fraction[rebound]
-        draw = lp.variables((k, t), 0.0, block.rebound_max_kw[rebound][:, None])
+        draw_max = block.rebound_max_kw[rebound]
+        draw = lp.variables((k, t), 0.0, draw_max[:, None])
         last_price = np.zeros((k, t))
-        last_price[:, -1] = p.price_per_mwh[-1] / 1000.0
+        last_price[:, -1] = owed_cost(p)
         owed = lp.variables((k, t), 0.0, INF, last_price)
         built.owed_cols = owed
         flow = lp.constraints((k, t), 0.0, 0.0)
@@ -437,10 +644,63 @@ def _curtailable(built: Built, block: CurtailableBlock, offset: int) -> int:
         lp.terms(flow[:, 1:], _shifted(owed), -1.0)
         lp.terms(flow, reduce[rebound], -rho[:, None])
         lp.terms(flow, draw, 1.0)
-        recent = lp.constraints((k, t), -INF, 0.0)
-        lp.terms(recent, owed, 1.0)
-        _window_sum(lp, recent, reduce[rebound], block.rebound_window_intervals[rebound], -rho)
+        position = np.full(n, -1)
+        position[timed] = np.arange(timed.size)
+        window_w = block.rebound_window_intervals[rebound]
+        free = position[rebound] < 0
+        # The most a load can owe: runs released early and started again keep their rebound
+        # owed (the plant adds each run's to what is left), so all it can reduce.
+        depths = block.reduction_max_kw[rebound]
+        most = rho * depths.sum(axis=1)
+        owe_coef = rho
+        if as_bounds:
+            # Relaxed: nothing owed a window after the last reduction (owed <= most × on,
+            # below, with on <= reduce / (RUN_MIN_DEPTH × depth)).
+            shallowest = np.where(depths > 0, depths, np.inf).min(axis=1)
+            shallowest = np.where(np.isfinite(shallowest), shallowest, 1.0)
+            owe_coef = np.where(free, rho, most / (RUN_MIN_DEPTH * shallowest))
+            free[:] = True
+        if free.any():
+            # Untimed: each reduction's rebound within the window after it.
+            f = np.flatnonzero(free)
+            recent = lp.constraints((f.size, t), -INF, 0.0)
+            lp.terms(recent, owed[f], 1.0)
+            _window_sum(lp, recent, reduce[rebound[f]], window_w[f], -owe_coef[f])
+            if rules is not None:
+                timed_rebound = np.flatnonzero(position[rebound] >= 0)
+                built.runs = _RunBounds(
+                    rules,
+                    block.reduction_max_kw[timed],
+                    position[rebound[timed_rebound]],
+                    draw[timed_rebound],
+                    draw_max[timed_rebound],
+                    owed[timed_rebound],
+                    recent[timed_rebound],
+                    block.rebound_window_intervals[rebound[timed_rebound]],
+                )
+        if (~free).any():
+            # Timed: drawn outside reductions, all of it within the window after the run.
+            j = np.flatnonzero(~free)
+            on_j = on[position[rebound[j]]]
+            outside = lp.constraints((j.size, t), -INF, draw_max[j][:, None])
+            lp.terms(outside, draw[j], 1.0)
+            lp.terms(outside, on_j, draw_max[j][:, None])
+            recent = lp.constraints((j.size, t), -INF, 0.0)
+            lp.terms(recent, owed[j], 1.0)
+            _window_sum(lp, recent, on_j, window_w[j], -most[j])
         built.add_power(assets[rebound], draw, 1.0)
+    if rules is not None and built.runs is None:
+        none = np.zeros((0, t), np.int64)
+        built.runs = _RunBounds(
+            rules,
+            block.reduction_max_kw[timed],
+            np.zeros(0, np.int64),
+            none,
+            np.zeros(0),
+            none,
+            none,
+            np.zeros(0, np.int64),
+        )
     return offset + n
 
 
@@ -692,6 +952,26 @@ def _coupling(built: Built, elastic: bool, net_column: bool) -> None:
             built.soft.append(_Soft(ViolationKind.TARGET, ("park",), full_less))
 
 
+def owed_cost(p: DispatchProblem) -> float:
+    """Cost per kW·interval of rebound energy still owed at the end: bought after the
+    horizon at the last interval's price."""
+    return float(p.price_per_mwh[-1]) * _energy(p)
+
+
+def reprice(built: Built, highs: highspy.Highs, problem: DispatchProblem) -> None:
+    """Give a kept model the costs of `problem`'s prices: grid imports and exports, and the
+    rebound energy owed at the end. Everything else in `problem` must be as it was built."""
+    buy, sell = grid_costs(problem)
+    cols = [built.import_cols, built.export_cols]
+    costs = [buy, sell]
+    if built.owed_cols.size:
+        cols.append(built.owed_cols[:, -1])
+        costs.append(np.full(built.owed_cols.shape[0], owed_cost(problem)))
+    all_cols = _cat_int(cols).astype(np.int32)
+    highs.changeColsCost(all_cols.size, all_cols, _cat(costs))
+    built.problem = problem
+
+
 def grid_costs(p: DispatchProblem) -> tuple[FloatArray, FloatArray]:
     """Cost per kW·interval of importing (energy and carbon) and of exporting (a revenue)."""
     t = p.intervals
@@ -725,6 +1005,18 @@ def _highs(options: SolveOptions, time_limit_s: float | None = None) -> highspy.
     highs.setOptionValue("threads", int(options.threads))
     highs.setOptionValue("random_seed", 0)
     return highs
+
+
+def set_time_limit(highs: highspy.Highs, deadline: float) -> None:
+    """Let a kept HiGHS instance run until `deadline` (a `time.perf_counter` value).
+
+    HiGHS measures its time limit against the instance's run time summed over all its runs,
+    so a kept instance is given its past run time on top of the time left; otherwise it
+    would stop early, with a feasible but unfinished plan, once it had run for the limit in
+    total.
+    """
+    left = max(deadline - time.perf_counter(), 0.01)
+    highs.setOptionValue("time_limit", float(highs.getRunTime()) + left)
 
 
 _TERMINATION = {
@@ -842,18 +1134,6 @@ def _burning(built: Built, x: FloatArray) -> BoolArray | None:
     return burning(built.problem, x[built.charge_cols], x[built.discharge_cols], built.exclusive)
 
 
-def _simultaneous(built: Built, x: FloatArray) -> IntArray:
-    """Batteries that charge and discharge in the same interval in solution x (any interval)."""
-    block = built.problem.batteries
-    if not block.asset_ids:
-        return np.zeros(0, np.int64)
-    scale = np.maximum(block.charge_max_kw.max(axis=1), 1e-9)[:, None]
-    both = np.minimum(x[built.charge_cols], x[built.discharge_cols]) > (
-        SIMULTANEOUS_TOLERANCE * scale
-    )
-    return np.flatnonzero(both.any(axis=1))
-
-
 def schedule_of(built: Built, x: FloatArray) -> Schedule:
     p = built.problem
     soc = {a: x[built.soc_cols[i]] for i, a in enumerate(p.batteries.asset_ids)}
@@ -948,10 +1228,219 @@ def solve_physical(
 
 
 def solve_monolithic(problem: DispatchProblem, options: SolveOptions) -> Result:
-    """One model of the whole problem."""
+    """One model of the whole problem.
+
+    A MIP is first solved as a rounded relaxation (`Rounded`): a plan within the MIP gap of
+    the relaxation needs no branch and bound. Otherwise the branch and bound runs, and the
+    better of its plan and the rounded one is kept (HiGHS does not always keep the rounded
+    plan it is given as a start), with its gap to the best bound known.
+    """
     started = time.perf_counter()
-    outcome, build_s, solver_s = solve_physical(problem, options, started + options.time_limit_s)
+    deadline = started + options.time_limit_s
+    first = build(problem)
+    if not first.lp.has_integers:
+        outcome, build_s, solver_s = solve_physical(problem, options, deadline)
+        return finish(problem, options, outcome, started, build_s, solver_s)
+    rounded = Rounded(first, options)
+    rounded.set_time_limit(deadline)
+    relaxed = rounded.relax()
+    plan = rounded.physical(relaxed) if relaxed.has_solution else None
+    build_s, solver_s = first.build_s, plan.solver_s if plan is not None else relaxed.solver_s
+    usable = plan is not None and plan.has_solution
+    if plan is not None and usable and (plan.mip_gap or 0.0) <= max(options.mip_gap, PROVEN_GAP):
+        plan.mip_gap = 0.0
+        return finish(
+            problem, options, plan, started, build_s, solver_s, lower_bound=relaxed.objective
+        )
+    outcome, b, s = solve_physical(problem, options, deadline)
+    build_s, solver_s = build_s + b, solver_s + s
+    if (
+        plan is not None
+        and usable
+        and (not outcome.has_solution or plan.objective < outcome.objective)
+    ):
+        bound = relaxed.objective
+        if outcome.has_solution and outcome.built.lp.has_integers:
+            bound = max(bound, float(outcome.highs.getInfo().mip_dual_bound))
+        plan.mip_gap = max((plan.objective - bound) / max(abs(plan.objective), 1.0), 0.0)
+        plan.termination = outcome.termination
+        return finish(problem, options, plan, started, build_s, solver_s, lower_bound=bound)
     return finish(problem, options, outcome, started, build_s, solver_s)
+
+
+class Rounded:
+    """A built model kept in HiGHS as its LP relaxation, made physical by rounding.
+
+    `relax()` solves the relaxation from the last basis: its optimum bounds the physical
+    optimum from below. `physical(relaxed)` rounds its binaries (greedy run starts,
+    commitments at one half, curtailment runs by `plant_runs`), fixes them and solves the LP
+    that is left from the same basis; where a battery then charges and discharges at once,
+    bounds forbid it (charge only at a negative price, else the way it mostly goes) and the
+    LP is solved again. The gap between the two runs is the physical plan's proven gap
+    (`Run.mip_gap`). Costs and net-power bounds may be changed in place between solves.
+    """
+
+    def __init__(self, built: Built, options: SolveOptions) -> None:
+        self.built = built
+        self.options = options
+        self.highs = _highs(options)
+        self.highs.setOptionValue("presolve", "off")  # see `run`
+        started = time.perf_counter()
+        self.highs.passModel(built.lp.model(relaxed=True))
+        built.build_s += time.perf_counter() - started
+        lp = built.lp
+        self._integer = _cat_int([group.cols for group in built.rounding]).astype(np.int32)
+        self._integer_lower = _cat(lp.lower)[self._integer]
+        self._integer_upper = _cat(lp.upper)[self._integer]
+
+    def set_time_limit(self, deadline: float) -> None:
+        set_time_limit(self.highs, deadline)
+
+    def relax(self) -> Run:
+        """Free the binaries, the runs and the batteries' direction; solve the relaxation."""
+        self._free_batteries()
+        self._set_runs(None)
+        if self._integer.size:
+            self.highs.changeColsBounds(
+                self._integer.size, self._integer, self._integer_lower, self._integer_upper
+            )
+        return _rerun(self.built, self.highs)
+
+    def physical(self, relaxed: Run) -> Run:
+        """A physical plan rounded from `relaxed` (a run of this model's relaxation)."""
+        outcome = relaxed
+        solver_s = relaxed.solver_s
+        if self._integer.size:
+            values = _cat([group.round(relaxed.x) for group in self.built.rounding])
+            self.highs.changeColsBounds(self._integer.size, self._integer, values, values)
+        if self.built.runs is not None:
+            self._set_runs(self.built.runs.runs(relaxed.x))
+        if self._integer.size or self.built.runs is not None:
+            outcome = _rerun(self.built, self.highs)
+            solver_s += outcome.solver_s
+        outcome, extra_s = self._separated(outcome)
+        if outcome.has_solution and relaxed.has_solution:
+            gap = (outcome.objective - relaxed.objective) / max(abs(outcome.objective), 1.0)
+            outcome.mip_gap = max(gap, 0.0)
+        outcome.solver_s = solver_s + extra_s
+        return outcome
+
+    def again(self) -> Run:
+        """Solve again with the binaries and runs as they are fixed (after a change of
+        bounds or costs), keeping the plan physical. Its gap is unknown (None)."""
+        outcome = _rerun(self.built, self.highs)
+        solver_s = outcome.solver_s
+        outcome, extra_s = self._separated(outcome)
+        outcome.solver_s = solver_s + extra_s
+        outcome.mip_gap = None
+        return outcome
+
+    def _separated(self, outcome: Run) -> tuple[Run, float]:
+        """Re-solve until no battery charges and discharges at once; the extra seconds."""
+        solver_s = 0.0
+        for _ in range(len(self.built.problem.batteries.asset_ids) + 1):
+            if not outcome.has_solution or not self._separate(outcome.x):
+                break
+            outcome = _rerun(self.built, self.highs)
+            solver_s += outcome.solver_s
+        return outcome, solver_s
+
+    def _set_runs(self, on: FloatArray | None) -> None:
+        runs = self.built.runs
+        if runs is None:
+            return
+        cols, lower, upper, rows, rows_upper = runs.bounds(on)
+        cols32 = cols.astype(np.int32)
+        self.highs.changeColsBounds(cols32.size, cols32, lower, upper)
+        if rows.size:
+            rows32 = rows.astype(np.int32)
+            lower = np.full(rows32.size, -INF)
+            # highspy has the batch call; its type stubs list only the one-row form.
+            self.highs.changeRowsBounds(  # type: ignore[attr-defined]
+                rows32.size, rows32, lower, rows_upper
+            )
+
+    def _free_batteries(self) -> None:
+        """Lift the bounds an earlier plan put on batteries' charge or discharge."""
+        block = self.built.problem.batteries
+        if not block.asset_ids:
+            return
+        cols = np.concatenate([self.built.charge_cols.ravel(), self.built.discharge_cols.ravel()])
+        upper = np.concatenate([block.charge_max_kw.ravel(), block.discharge_max_kw.ravel()])
+        self.highs.changeColsBounds(cols.size, cols.astype(np.int32), np.zeros(cols.size), upper)
+
+    def _separate(self, x: FloatArray) -> bool:
+        """Forbid charging and discharging at once where plan x does it; False if it does not."""
+        problem = self.built.problem
+        block = problem.batteries
+        if not block.asset_ids:
+            return False
+        charge = x[self.built.charge_cols]
+        discharge = x[self.built.discharge_cols]
+        scale = np.maximum(block.charge_max_kw.max(axis=1), 1e-9)[:, None]
+        both = np.minimum(charge, discharge) > SIMULTANEOUS_TOLERANCE * scale
+        if not both.any():
+            return False
+        # At a negative price discharging only pays the buyer: the battery charges or idles
+        # there and wherever it is priced as low or lower, so the burning cannot move there.
+        price = problem.price_per_mwh
+        worst = np.where(both & (price[None, :] < 0), price[None, :], -np.inf).max(axis=1)
+        negative = (price[None, :] < 0) & (price[None, :] <= worst[:, None])
+        stop_discharge = negative | (both & (charge >= discharge))
+        stop_charge = both & ~stop_discharge
+        cols = np.concatenate(
+            [self.built.discharge_cols[stop_discharge], self.built.charge_cols[stop_charge]]
+        ).astype(np.int32)
+        zeros = np.zeros(cols.size)
+        self.highs.changeColsBounds(cols.size, cols, zeros, zeros)
+        return True
+
+
+class PriceSweep:
+    """One problem solved at many prices (bid curve scenarios), each solve cheap.
+
+    The model is built once and kept as a `Rounded` relaxation with its basis. At each price
+    the costs change (`reprice`), the relaxation is solved and rounded to a physical plan,
+    both from the last basis. Within `options.mip_gap` of the relaxation (on the demo park
+    about 0.003 %) the plan is optimal, else feasible with its gap known (a branch and bound
+    to prove a fraction of a percent costs seconds per scenario); when the LP finds no
+    schedule the scenario is solved as a MIP (`solve_monolithic`).
+
+    `problem`'s prices may change between solves, nothing else (the penalty included).
+    """
+
+    def __init__(self, problem: DispatchProblem, options: SolveOptions) -> None:
+        self.problem = problem
+        self.options = options
+        self.model = Rounded(build(problem, runs_as_bounds=options.runs_as_bounds), options)
+        self.fallbacks = 0  # scenarios that needed the MIP
+        self._build_s = self.model.built.build_s  # reported with the first solve
+
+    def solve(
+        self, price_per_mwh: FloatArray, export_price_per_mwh: FloatArray | None = None
+    ) -> Result:
+        started = time.perf_counter()
+        problem = self.problem.with_prices(price_per_mwh, export_price_per_mwh)
+        if problem.penalty_per_mwh != self.problem.penalty_per_mwh:
+            raise ValueError("PriceSweep: the prices change the soft-target penalty; fix it first")
+        model = self.model
+        model.set_time_limit(started + self.options.time_limit_s)
+        reprice(model.built, model.highs, problem)
+        relaxed = model.relax()
+        if not relaxed.has_solution:
+            return self._fallback(problem, started)
+        outcome = model.physical(relaxed)
+        if not outcome.has_solution:
+            return self._fallback(problem, started)
+        if (outcome.mip_gap or 0.0) <= PROVEN_GAP:
+            outcome.mip_gap = 0.0
+        build_s, self._build_s = self._build_s, 0.0
+        return finish(problem, self.options, outcome, started, build_s, outcome.solver_s)
+
+    def _fallback(self, problem: DispatchProblem, started: float) -> Result:
+        self.fallbacks += 1
+        left = self.options.time_limit_s - (time.perf_counter() - started)
+        return solve_monolithic(problem, replace(self.options, time_limit_s=max(left, 1.0)))
 
 
 def finish(
@@ -1021,7 +1510,9 @@ class Part:
     rows: IntArray  # rows of its assets in the full problem's schedule
     low_kw: FloatArray  # loosest net power per interval
     high_kw: FloatArray
-    outcome: Run | None = None
+    model: Rounded | None = None
+    outcome: Run | None = None  # its physical plan
+    relaxed_objective: float = float("nan")  # of its last relaxation, alone
 
     @property
     def net_kw(self) -> FloatArray:
@@ -1032,12 +1523,14 @@ class Part:
 class Decomposed:
     """A large problem as sub-problems of whole enterprises, coupled only by the park limits.
 
-    Each part is solved alone, allowed the whole park limit. If the parts together keep within
-    it, their plans are the optimum (nothing else couples them). Otherwise the park limit is
-    shared out in the intervals where it binds — a part's share is its own plan plus a slice of
-    the excess (or spare) in proportion to how far it can move — and the parts are solved again
-    from their previous basis. The models are kept, so a re-solve at new prices only changes
-    costs (`resolve`).
+    Each part is a `Rounded` model: its relaxation is solved alone, allowed the whole park
+    limit, and rounded to a physical plan. If the parts together keep within the limit, their
+    plans stand and the relaxations' optima add up to a lower bound. Otherwise the park limit
+    is shared out in the intervals where it binds — a part's share is its own plan plus a
+    slice of the excess (or spare) in proportion to how far it can move — and the parts are
+    solved again from their previous basis (see `_coordinate`). The models are kept, so a
+    re-solve at new prices only changes costs (`resolve`). Parts are solved on
+    `options.workers` threads (HiGHS releases the interpreter while it runs).
     """
 
     def __init__(self, problem: DispatchProblem, options: SolveOptions) -> None:
@@ -1056,29 +1549,55 @@ class Decomposed:
                 Part(sub, rows, low[inside].sum(axis=0) + base, high[inside].sum(axis=0) + base)
             )
         self.shared = False  # whether the last solve had to share the park limit out
+        self.bound: float | None = None  # a lower bound on the optimum, from the last solve
+        self.mu: FloatArray | None = None  # the park limit's price, when it last bound
+        # Each part's model solves on one thread; parts spread over `options.workers`.
+        self._part_options = replace(options, threads=1)
+
+    def _each(self, work: Callable[[Part], float]) -> float:
+        """Apply `work` to every part (on `options.workers` threads); the summed seconds."""
+        if self.options.workers <= 1 or len(self.parts) == 1:
+            return float(sum(work(part) for part in self.parts))
+        with ThreadPoolExecutor(self.options.workers) as pool:
+            return float(sum(pool.map(work, self.parts)))
 
     def solve(self) -> Result:
         started = time.perf_counter()
         deadline = started + self.options.time_limit_s
-        build_s = solver_s = 0.0
+
+        def first(part: Part) -> float:
+            built = build(part.problem, net_column=True, runs_as_bounds=self.options.runs_as_bounds)
+            part.model = Rounded(built, self._part_options)
+            part.model.set_time_limit(deadline)
+            relaxed = part.model.relax()
+            part.relaxed_objective = relaxed.objective
+            part.outcome = part.model.physical(relaxed) if relaxed.has_solution else relaxed
+            return built.build_s
+
+        build_s = self._each(first)
+        return self._after_alone(started, deadline, build_s)
+
+    def _after_alone(self, started: float, deadline: float, build_s: float) -> Result:
+        solver_s = sum(part.outcome.solver_s for part in self.parts if part.outcome is not None)
         for part in self.parts:
-            outcome, b, s = solve_physical(part.problem, self.options, deadline, net_column=True)
-            part.outcome = outcome
-            build_s += b
-            solver_s += s
-            if not outcome.has_solution:
-                return self._failed(part, outcome, started, build_s, solver_s)
+            assert part.outcome is not None
+            if not part.outcome.has_solution:
+                return self._failed(part, started, build_s, solver_s)
+        # Alone, each part relaxes the park's problem: together they bound it from below.
+        self.bound = float(sum(part.relaxed_objective for part in self.parts))
         return self._coordinate(started, deadline, build_s, solver_s)
 
-    def _failed(
-        self, part: Part, outcome: Run, started: float, build_s: float, solver_s: float
-    ) -> Result:
+    def _failed(self, part: Part, started: float, build_s: float, solver_s: float) -> Result:
         """A part alone, allowed the whole park limit, has no schedule: the park has none
         either (infeasible: the part's own limits are at fault), or time ran out."""
+        assert part.outcome is not None
+        if part.outcome.termination is Termination.INFEASIBLE:
+            # The relaxation is infeasible: so is the part. Let the monolithic path say why.
+            return solve_monolithic(part.problem, self.options)
         return finish(
             part.problem,
             self.options,
-            outcome,
+            part.outcome,
             started,
             build_s,
             solver_s,
@@ -1103,45 +1622,38 @@ class Decomposed:
             # Penalties follow the largest price and sit in every part's costs: rebuild.
             self.parts = Decomposed(self.problem, self.options).parts
             return self.solve()
-        build_s = solver_s = 0.0
-        for part in self.parts:
-            old = part.problem
+        lower, upper = self._full_limits()
+        # Where the park limit bound at the last prices, price it as it was priced then: the
+        # Lagrangian relaxation at that price bounds the optimum, and its plans are the
+        # starting point of the sharing, which spares the first two passes of `_coordinate`.
+        mu = self.mu
+
+        def again(part: Part) -> float:
+            assert part.model is not None
             part.problem = part.problem.with_prices(price_per_mwh, export_price_per_mwh)
+            model = part.model
+            reprice(model.built, model.highs, part.problem)
+            _set_net_bounds(part, lower, upper)
+            model.set_time_limit(deadline)
+            relaxed = model.relax()
+            part.relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
+            part.outcome = model.physical(relaxed) if relaxed.has_solution else relaxed
+            return 0.0
+
+        if mu is None:
+            self._each(again)
+            return self._after_alone(started, deadline, 0.0)
+        self._price_net(mu)
+        self._each(again)
+        solver_s = sum(part.outcome.solver_s for part in self.parts if part.outcome is not None)
+        for part in self.parts:
             assert part.outcome is not None
-            built = part.outcome.built
-            highs = part.outcome.highs
-            buy, sell = grid_costs(part.problem)
-            cols = np.concatenate([built.import_cols, built.export_cols])
-            costs = np.concatenate([buy, sell])
-            if built.owed_cols.size:
-                cols = np.concatenate([cols, built.owed_cols[:, -1]])
-                last = part.problem.price_per_mwh[-1] / 1000.0
-                costs = np.concatenate([costs, np.full(built.owed_cols.shape[0], last)])
-            highs.changeColsCost(cols.size, cols.astype(np.int32), costs)
-            if built.exclusive is not None:
-                # Charge-only bounds came from the old negative prices: lift them (binaries
-                # stay, they only keep the plan physical) and check the new plan again.
-                only, binary = exclusive_split(old, built.exclusive)
-                free = built.discharge_cols[only].astype(np.int32)
-                upper = part.problem.batteries.discharge_max_kw[only]
-                highs.changeColsBounds(free.size, free, np.zeros(free.size), upper)
-                built.exclusive = binary if binary.any() else None
-            built.problem = part.problem
-            _set_net_bounds(part, *self._full_limits())
-            highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.01))
-            outcome = _rerun(built, highs)
-            solver_s += outcome.solver_s
-            more = _burning(built, outcome.x) if outcome.has_solution else None
-            if more is not None:
-                outcome, b, s = solve_physical(
-                    part.problem, self.options, deadline, net_column=True, exclusive=more
-                )
-                build_s += b
-                solver_s += s
-            part.outcome = outcome
-            if not outcome.has_solution:
-                return self._failed(part, outcome, started, build_s, solver_s)
-        return self._coordinate(started, deadline, build_s, solver_s)
+            if not part.outcome.has_solution:
+                self._price_net(np.zeros(self.problem.intervals))
+                return self._failed(part, started, 0.0, solver_s)
+        self.bound = self._lagrangian(mu, lower, upper)
+        self._unprice(mu)
+        return self._coordinate(started, deadline, 0.0, solver_s, priced=True)
 
     def _full_limits(self) -> tuple[FloatArray, FloatArray]:
         t = self.problem.intervals
@@ -1151,32 +1663,45 @@ class Decomposed:
         )
 
     def _coordinate(
-        self, started: float, deadline: float, build_s: float, solver_s: float
+        self,
+        started: float,
+        deadline: float,
+        build_s: float,
+        solver_s: float,
+        *,
+        priced: bool = False,
     ) -> Result:
+        """Plans that keep the park limits together: as they are when they do; else shared
+        out (`priced`: the plans are already the rounded Lagrangian relaxation's)."""
         p = self.problem
         lower, upper = self._full_limits()
         tolerance = 1e-6 * max(p.park_import_limit_kw, p.park_export_limit_kw, 1.0)
         total = np.sum([part.net_kw for part in self.parts], axis=0)
         self.shared = bool(np.any(total > upper + tolerance) or np.any(total < lower - tolerance))
-        self.bound = None
         if not self.shared:
+            if not priced:
+                self.mu = None
             return self._assemble(started, build_s, solver_s)
-        # 1. Share the limit out in proportion to how far each part can move.
-        b, s = self._solve_within(self._shares(total, lower, upper), deadline)
-        build_s, solver_s = build_s + b, solver_s + s
-        if self.options.refine_shares:
+        if not priced:
+            # 1. Share the limit out in proportion to how far each part can move.
+            solver_s += self._solve_within(self._shares(total, lower, upper), deadline)
+        if self.options.refine_shares and not priced:
             # 2. Price the park's net power at the limit's marginal value (the mean over the
-            # parts of what a kW more of share is worth to them) and solve each part alone:
-            # this is a Lagrangian relaxation, so it also bounds the optimum from below.
+            # parts of what a kW more of share is worth to them) and solve each part's
+            # relaxation alone: a Lagrangian relaxation, so it bounds the optimum from below.
+            # Each is rounded to a physical plan around which
             mu = self._marginal_values()
             self._price_net(mu)
-            self.bound, s = self._relaxed(mu, lower, upper, deadline)
-            solver_s += s
-            # 3. Share the limit out around those priced plans, unpriced again.
+            solver_s += self._relaxed(lower, upper, deadline)
+            bound = self._lagrangian(mu, lower, upper)
+            self.bound = max(self.bound if self.bound is not None else -np.inf, bound)
+            self._unprice(mu)
+            self.mu = mu
+            priced = True
+        if priced:
+            # 3. the limit is shared out again, unpriced, and the parts solved within it.
             total = np.sum([part.net_kw for part in self.parts], axis=0)
-            self._price_net(np.zeros(p.intervals))
-            b, s = self._solve_within(self._shares(total, lower, upper), deadline)
-            build_s, solver_s = build_s + b, solver_s + s
+            solver_s += self._solve_within(self._shares(total, lower, upper), deadline)
         if any(part.outcome is None or not part.outcome.has_solution for part in self.parts):
             return self._whole(started)
         total = np.sum([part.net_kw for part in self.parts], axis=0)
@@ -1184,79 +1709,75 @@ class Decomposed:
             return self._whole(started)
         return self._assemble(started, build_s, solver_s)
 
-    def _solve_within(
-        self, shares: list[tuple[FloatArray, FloatArray]], deadline: float
-    ) -> tuple[float, float]:
-        """Re-solve every part within its share of the park limits, from its last basis."""
-        build_s = solver_s = 0.0
-        for part, (lo, hi) in zip(self.parts, shares, strict=True):
-            outcome = part.outcome
-            assert outcome is not None
+    def _solve_within(self, shares: list[tuple[FloatArray, FloatArray]], deadline: float) -> float:
+        """Re-solve every part within its share of the park limits, from its last basis,
+        with its binaries and runs as they are; if that has no plan, round its relaxation
+        within the share. Returns solver seconds."""
+        share_of = {id(part): share for part, share in zip(self.parts, shares, strict=True)}
+
+        def within(part: Part) -> float:
+            outcome, model = part.outcome, part.model
+            assert outcome is not None and model is not None
+            lo, hi = share_of[id(part)]
             net = part.net_kw
             _set_net_bounds(part, lo, hi)
             if np.all(net <= hi + 1e-9) and np.all(net >= lo - 1e-9) and outcome.has_solution:
-                # Its plan fits its share: still optimal under the tighter bounds.
-                continue
-            outcome.highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.01))
-            rerun = _rerun(outcome.built, outcome.highs)
-            solver_s += rerun.solver_s
-            more = _burning(rerun.built, rerun.x) if rerun.has_solution else None
-            if more is not None:
-                # New simultaneous charge and discharge: rebuild this part with binaries.
-                rerun, b, s = solve_physical(
-                    part.problem,
-                    self.options,
-                    deadline,
-                    net_column=True,
-                    net_bounds=(lo, hi),
-                    exclusive=more,
-                )
-                build_s += b
-                solver_s += s
-            part.outcome = rerun
+                return 0.0  # its plan fits its share: still the best it can do within it
+            model.set_time_limit(deadline)
+            rerun = model.again()
+            seconds = rerun.solver_s
             if not rerun.has_solution:
-                break
-        return build_s, solver_s
+                relaxed = model.relax()
+                rerun = model.physical(relaxed) if relaxed.has_solution else relaxed
+                seconds += rerun.solver_s
+            part.outcome = rerun
+            return seconds
+
+        return self._each(within)
 
     def _marginal_values(self) -> FloatArray:
         """Mean over the parts of the reduced cost of their net power column, sign flipped:
         > 0 where more import share would save money, < 0 where more export share would."""
         duals = []
         for part in self.parts:
-            assert part.outcome is not None
-            reduced = np.asarray(part.outcome.highs.getSolution().col_dual)
-            duals.append(reduced[part.outcome.built.net_cols])
+            assert part.model is not None
+            reduced = np.asarray(part.model.highs.getSolution().col_dual)
+            duals.append(reduced[part.model.built.net_cols])
         return np.asarray(-np.mean(np.array(duals), axis=0))
 
     def _price_net(self, mu: FloatArray) -> None:
         for part in self.parts:
-            assert part.outcome is not None
-            cols = part.outcome.built.net_cols.astype(np.int32)
-            part.outcome.highs.changeColsCost(cols.size, cols, mu)
+            assert part.model is not None
+            cols = part.model.built.net_cols.astype(np.int32)
+            part.model.highs.changeColsCost(cols.size, cols, mu)
 
-    def _relaxed(
-        self, mu: FloatArray, lower: FloatArray, upper: FloatArray, deadline: float
-    ) -> tuple[float, float]:
-        """Solve every part with its net power priced at `mu` and the whole park limit;
-        return the Lagrangian bound and the solver seconds."""
-        bound = -float(np.sum(np.maximum(mu, 0) * upper) - np.sum(np.maximum(-mu, 0) * lower))
-        solver_s = 0.0
-        for part in self.parts:
-            outcome = part.outcome
-            assert outcome is not None
+    def _relaxed(self, lower: FloatArray, upper: FloatArray, deadline: float) -> float:
+        """Solve every part's relaxation (its net power as priced) within the whole park
+        limit and round it to a physical plan; the solver seconds."""
+
+        def priced(part: Part) -> float:
+            model = part.model
+            assert model is not None
             _set_net_bounds(part, lower, upper)
-            outcome.highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.01))
-            rerun = _rerun(outcome.built, outcome.highs)
-            solver_s += rerun.solver_s
-            if not rerun.has_solution:
-                return -np.inf, solver_s
-            # A MIP part bounds with its dual bound, an LP part with its optimum.
-            info = outcome.highs.getInfo()
-            bound += (
-                float(info.mip_dual_bound) if outcome.built.lp.has_integers else rerun.objective
-            )
-            part.outcome = rerun
-        return bound, solver_s
+            model.set_time_limit(deadline)
+            relaxed = model.relax()
+            part.relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
+            part.outcome = model.physical(relaxed) if relaxed.has_solution else relaxed
+            return part.outcome.solver_s
+
+        return self._each(priced)
+
+    def _lagrangian(self, mu: FloatArray, lower: FloatArray, upper: FloatArray) -> float:
+        """The Lagrangian bound of relaxations solved with the net power priced at `mu`."""
+        limit = float(np.sum(np.maximum(mu, 0) * upper) - np.sum(np.maximum(-mu, 0) * lower))
+        return float(sum(part.relaxed_objective for part in self.parts)) - limit
+
+    def _unprice(self, mu: FloatArray) -> None:
+        """Drop the price on net power, from the models and from their plans' objectives."""
+        self._price_net(np.zeros(self.problem.intervals))
+        for part in self.parts:
+            if part.outcome is not None and part.outcome.has_solution:
+                part.outcome.objective -= float(mu @ part.net_kw)
 
     def _shares(
         self, total: FloatArray, lower: FloatArray, upper: FloatArray
@@ -1286,7 +1807,6 @@ class Decomposed:
         temp: dict[str, FloatArray] = {}
         soft: list[Violation] = []
         objective = 0.0
-        proven = True
         variables = constraints = integers = 0
         for part in self.parts:
             outcome = part.outcome
@@ -1297,17 +1817,17 @@ class Decomposed:
             temp.update(sched.temperature_c)
             soft.extend(violations(outcome.built.soft, outcome.x))
             objective += outcome.objective
-            proven &= outcome.termination is Termination.OPTIMAL and (
-                outcome.mip_gap is None or outcome.mip_gap <= self.options.mip_gap + 1e-9
-            )
             lp = outcome.built.lp
             variables += lp.n
             constraints += lp.m
             integers += int(_cat(lp.integer).sum())
-        # Exact when nothing was shared out and each part nets its own imports and exports
-        # the way the park would (same price both ways).
+        # Optimal when the plans are within the gap of the bound: then nothing was shared out
+        # and each part nets its imports and exports the way the park would (same price).
         exact = not self.shared and bool(np.all(p.export_price_per_mwh == p.price_per_mwh))
-        status = Status.OPTIMAL if proven and exact else Status.FEASIBLE
+        bound = self.bound
+        gap = (objective - bound) / max(abs(objective), 1.0) if bound is not None else np.inf
+        proven = exact and gap <= max(self.options.mip_gap, PROVEN_GAP)
+        status = Status.OPTIMAL if proven else Status.FEASIBLE
         stats = SolveStats(
             wall_s=time.perf_counter() - started,
             build_s=build_s,
@@ -1316,22 +1836,25 @@ class Decomposed:
             constraints=constraints,
             integer_variables=integers,
             subproblems=len(self.parts),
-            lower_bound=objective if status is Status.OPTIMAL else self.bound,
+            lower_bound=bound,
             method="decomposed",
         )
         schedule = Schedule(p.asset_ids, p.horizon, power, soc, temp)
         diagnosis = Diagnosis(soft=tuple(soft)) if soft else None
-        termination = Termination.OPTIMAL if proven else Termination.TIME_LIMIT
+        stopped = [
+            part.outcome.termination
+            for part in self.parts
+            if part.outcome is not None and part.outcome.termination is not Termination.OPTIMAL
+        ]
+        termination = stopped[0] if stopped else Termination.OPTIMAL
         return Result(status, termination, schedule, objective, stats, diagnosis)
-
-    bound: float | None = None  # Lagrangian lower bound from the last solve, when shared
 
 
 def _set_net_bounds(part: Part, lower: FloatArray, upper: FloatArray) -> None:
     """Set a part's share of the park limits (bounds of its net power column)."""
-    assert part.outcome is not None
-    cols = part.outcome.built.net_cols
-    part.outcome.highs.changeColsBounds(cols.size, cols.astype(np.int32), lower, upper)
+    assert part.model is not None
+    cols = part.model.built.net_cols
+    part.model.highs.changeColsBounds(cols.size, cols.astype(np.int32), lower, upper)
 
 
 def solve_decomposed(problem: DispatchProblem, options: SolveOptions) -> Result:

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from statistics import NormalDist
 from zoneinfo import ZoneInfo
 
@@ -142,13 +143,37 @@ def _on_grid(
     return grid.dropna()
 
 
+@lru_cache(maxsize=32)
 def _local_starts(horizon: Horizon, tz: ZoneInfo) -> pd.DatetimeIndex:
+    # Cached: a park's every load asks for the same horizon (10,000 assets, one conversion).
     return pd.DatetimeIndex([t.astimezone(tz).replace(tzinfo=None) for t in horizon.starts()])
+
+
+@lru_cache(maxsize=32)
+def _profile_clock(
+    horizon: Horizon, tz: ZoneInfo, working_day: Callable[[date], bool] | None
+) -> tuple[FloatArray, BoolArray]:
+    """Local minute of the day and working-day flag of every interval start (cached)."""
+    starts = _local_starts(horizon, tz)
+    minute = np.asarray(starts.hour * 60 + starts.minute + starts.second / 60, dtype=float)
+    return minute, _working_days(starts, ForecastOptions(working_day=working_day))
+
+
+def _clock(
+    horizon: Horizon, tz: ZoneInfo, options: ForecastOptions
+) -> tuple[FloatArray, BoolArray]:
+    try:
+        return _profile_clock(horizon, tz, options.working_day)
+    except TypeError:  # a working-day test that cannot be hashed: no cache
+        starts = _local_starts(horizon, tz)
+        minute = np.asarray(starts.hour * 60 + starts.minute + starts.second / 60, dtype=float)
+        return minute, _working_days(starts, options)
 
 
 # --- load baselines ---------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=64)
 def _z(q: float) -> float:
     return NormalDist().inv_cdf(min(max(q, 1e-6), 1 - 1e-6))
 
@@ -164,15 +189,13 @@ def profile_forecast(
 
     Holidays take the weekend shape and make-up working days the weekday shape.
     """
-    starts = _local_starts(horizon, tz)
-    working = _working_days(starts, options or ForecastOptions())
-    base = np.array(
-        [
-            profile.at(0 if work else 6, t.hour * 60 + t.minute + t.second / 60)
-            for t, work in zip(starts, working, strict=True)
-        ],
-        dtype=float,
-    )
+    minute, working = _clock(horizon, tz, options or ForecastOptions())
+    weekday = np.asarray(profile.weekday_kw, dtype=float)
+    weekend = weekday if profile.weekend_kw is None else np.asarray(profile.weekend_kw, float)
+    # As `LoadProfile.at`, for every interval at once.
+    on_weekday = weekday[(minute * weekday.size // 1440).astype(np.int64) % weekday.size]
+    on_weekend = weekend[(minute * weekend.size // 1440).astype(np.int64) % weekend.size]
+    base = np.where(working, on_weekday, on_weekend)
     bands = {q: np.maximum(base * (1 + _z(q) * profile.noise_fraction), 0.0) for q in quantiles}
     return base, bands
 

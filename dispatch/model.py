@@ -17,8 +17,10 @@ from pyomo.contrib.appsi.base import TerminationCondition
 from pyomo.contrib.appsi.solvers.highs import Highs
 
 from dispatch.fast import (  # importing it also creates the first HiGHS instance quietly
+    RUN_MIN_DEPTH,
     TARGET_WEIGHT,
     burning,
+    curtailment_rules,
     exclusive_split,
 )
 from dispatch.problem import BoolArray, DispatchProblem
@@ -166,8 +168,66 @@ def _curtailable(b: Any, p: DispatchProblem, m: Any) -> None:
         return sum(b.reduce[i, k] for k in range(max(0, t - window + 1), t + 1)) <= d * depth
 
     b.duration = pyo.Constraint(b.A, m.T, rule=duration)
-    # Rebound: `owed` energy grows by the rebound share of each reduction, is paid back by
-    # `draw`, and may only be owed for reductions within the last rebound window.
+    # As the plant runs it: loads limited in duration or rest reduce in runs (on/off); a run
+    # lasts at most max_duration, one that long rests max(rest, rebound window), one
+    # released earlier rests `rest` (see `dispatch.fast._curtailable`).
+    timed, rest, forced_rest = curtailment_rules(blk, p.intervals)
+    t_last = p.intervals
+    b.C = pyo.Set(initialize=timed.tolist(), ordered=True)
+    rest_of = dict(zip(timed.tolist(), rest.tolist(), strict=True))
+    forced_of = dict(zip(timed.tolist(), forced_rest.tolist(), strict=True))
+    b.on = pyo.Var(
+        b.C,
+        m.T,
+        domain=pyo.Binary,
+        bounds=lambda _, i, t: (0, 1 if blk.reduction_max_kw[i, t] > 0 else 0),
+    )
+    b.link = pyo.Constraint(
+        b.C, m.T, rule=lambda b, i, t: b.reduce[i, t] <= blk.reduction_max_kw[i, t] * b.on[i, t]
+    )
+    # A run reduces in each of its intervals (one without reduction would end it).
+    b.least = pyo.Constraint(
+        b.C,
+        m.T,
+        rule=lambda b, i, t: (
+            b.reduce[i, t] >= RUN_MIN_DEPTH * blk.reduction_max_kw[i, t] * b.on[i, t]
+        ),
+    )
+    b.CD = pyo.Set(
+        initialize=[i for i in timed.tolist() if blk.max_duration_intervals[i] < t_last],
+        ordered=True,
+    )
+    b.full = pyo.Var(b.CD, m.T, bounds=(0, 1))
+
+    def ended(b: Any, i: int, t: int) -> Any:
+        d = int(blk.max_duration_intervals[i])
+        return b.full[i, t] >= sum(b.on[i, k] for k in range(max(0, t - d + 1), t + 1)) - (d - 1)
+
+    b.ended = pyo.Constraint(b.CD, m.T, rule=ended)
+
+    def after_full(b: Any, i: int, t: int) -> Any:
+        back = range(max(0, t - forced_of[i]), t)
+        return b.on[i, t] + sum(b.full[i, k] for k in back) <= 1
+
+    b.after_full = pyo.Constraint(b.CD, m.T, rule=after_full)
+    b.CR = pyo.Set(initialize=[i for i in timed.tolist() if rest_of[i] > 0], ordered=True)
+    b.stop = pyo.Var(b.CR, m.T, bounds=lambda _, i, t: (0, 1 if t else 0))
+    b.stops = pyo.Constraint(
+        b.CR,
+        m.T,
+        rule=lambda b, i, t: (
+            b.stop[i, t] >= b.on[i, t - 1] - b.on[i, t] if t else pyo.Constraint.Skip
+        ),
+    )
+
+    def resting(b: Any, i: int, t: int) -> Any:
+        back = range(max(0, t - rest_of[i] + 1), t + 1)
+        return b.on[i, t] + sum(b.stop[i, k] for k in back) <= 1
+
+    b.resting = pyo.Constraint(b.CR, m.T, rule=resting)
+    # Rebound: `owed` energy grows by the rebound share of each reduction and is paid back by
+    # `draw`: an untimed load within the window after each reduction, a timed one outside
+    # its runs and within the window after the run.
     b.R = pyo.Set(initialize=[i for i in range(n) if blk.rebound_fraction[i] > 0], ordered=True)
     b.draw = pyo.Var(b.R, m.T, bounds=lambda _, i, t: (0, blk.rebound_max_kw[i]))
     b.owed = pyo.Var(b.R, m.T, domain=pyo.NonNegativeReals)
@@ -179,17 +239,28 @@ def _curtailable(b: Any, p: DispatchProblem, m: Any) -> None:
             b.owed[i, t] == (b.owed[i, t - 1] if t else 0) + rho[i] * b.reduce[i, t] - b.draw[i, t]
         ),
     )
+    timed_set = set(timed.tolist())
 
     def recent(b: Any, i: int, t: int) -> Any:
         w = int(blk.rebound_window_intervals[i])
-        return b.owed[i, t] <= rho[i] * sum(b.reduce[i, k] for k in range(max(0, t - w + 1), t + 1))
+        window = range(max(0, t - w + 1), t + 1)
+        if i in timed_set:
+            # Runs released early keep their rebound owed: at most all it can reduce.
+            most = rho[i] * float(blk.reduction_max_kw[i].sum())
+            return b.owed[i, t] <= most * sum(b.on[i, k] for k in window)
+        return b.owed[i, t] <= rho[i] * sum(b.reduce[i, k] for k in window)
 
     b.recent = pyo.Constraint(b.R, m.T, rule=recent)
+    b.outside = pyo.Constraint(
+        [i for i in b.R if i in timed_set],
+        m.T,
+        rule=lambda b, i, t: b.draw[i, t] <= blk.rebound_max_kw[i] * (1 - b.on[i, t]),
+    )
     last = p.intervals - 1
     cost = blk.cost_per_mwh
     m.costs.append(sum(cost[i] * m.energy * b.reduce[i, t] for i in b.A for t in m.T))
     # What is still owed at the end is bought after the horizon, at the last price.
-    m.costs.append(sum(p.price_per_mwh[last] / 1000.0 * b.owed[i, last] for i in b.R))
+    m.costs.append(sum(p.price_per_mwh[last] * m.energy * b.owed[i, last] for i in b.R))
     rebounding = set(b.R)
     for i, a in enumerate(blk.asset_ids):
         m.power_terms[a] = {

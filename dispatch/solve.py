@@ -65,7 +65,13 @@ class SolveOptions:
     chunk_assets: int = 100  # assets per sub-problem when decomposed (whole enterprises)
     refine_shares: bool = True  # when decomposed and the park limit binds: price, then share
     diagnose: bool = True  # on infeasibility, find which limits make it so
-    threads: int = 1
+    threads: int = 1  # HiGHS threads of one model
+    workers: int = 2  # threads solving the parts of a decomposed problem at once
+    # Rounded solves (decomposed parts, bid scenarios) round the relaxed binaries of
+    # curtailment runs; with this, they impose runs by bounds on the linear relaxation instead:
+    # about 5× faster on the synthetic parks, but the plans are further from the optimum
+    # (0.7 % against 0.4 % on 1,000 assets; 4 % against 0 % on the small test park).
+    runs_as_bounds: bool = False
 
     @classmethod
     def from_engine(cls, settings: EngineSettings, **overrides: object) -> SolveOptions:

@@ -59,12 +59,27 @@ def test_negative_prices_and_limits_same_optimum_on_both_back_ends() -> None:
     assert fast.objective == pytest.approx(model.objective, rel=1e-6, abs=1e-3)
 
 
+def untimed(problem: DispatchProblem) -> DispatchProblem:
+    """The problem with its loads' duration and rest limits lifted: a linear program, whose
+    optimum both back-ends (and the decomposition) must prove."""
+    block = problem.curtailable
+    return replace(
+        problem,
+        curtailable=replace(
+            block,
+            max_duration_intervals=np.full_like(block.max_duration_intervals, problem.intervals),
+            rest_intervals=np.zeros_like(block.rest_intervals),
+        ),
+    )
+
+
 def test_synthetic_park_same_optimum_on_both_back_ends() -> None:
     park = scenario(40, seed=5)
     horizon = day_horizon(park)
     problem = build_problem(
         park, horizon, synthetic_prices(horizon, seed=5), forecast_park(park, horizon)
     )
+    problem = untimed(problem)
     fast = solve(problem, exact(Backend.HIGHS))
     model = solve(problem, exact(Backend.PYOMO))
     assert fast.objective is not None
@@ -78,6 +93,7 @@ def synthetic(n: int, seed: int, park_limit_scale: float | None = None) -> Dispa
     problem = build_problem(
         park, horizon, synthetic_prices(horizon, seed=seed), forecast_park(park, horizon)
     )
+    problem = untimed(problem)
     if park_limit_scale is not None:
         problem = replace(
             problem, park_import_limit_kw=problem.park_import_limit_kw * park_limit_scale

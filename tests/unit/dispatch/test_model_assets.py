@@ -381,6 +381,9 @@ def test_an_impossible_enterprise_limit_names_the_enterprise(backend: Backend) -
 def test_a_target_is_followed_and_a_shortfall_reported() -> None:
     problem = replace(hourly([100.0, 100.0]), batteries=battery(2, initial_kwh=500.0))
     result = solve(problem.with_target(np.array([np.nan, 1500.0])), options(Backend.HIGHS))
+    # A solver stopped early (a time limit) may still hand back a feasible, unfinished plan:
+    # the status says so before the numbers are compared.
+    assert result.status is Status.OPTIMAL, result.termination
     assert result.schedule is not None
     # To charge at its full 1000 kW in the second hour the battery empties in the first.
     np.testing.assert_allclose(result.schedule.park_kw, [-500.0, 1000.0], atol=1e-6)
@@ -388,3 +391,21 @@ def test_a_target_is_followed_and_a_shortfall_reported() -> None:
     (short,) = [v for v in result.diagnosis.soft if v.kind is ViolationKind.TARGET]
     assert short.amount == pytest.approx(500.0, abs=1e-4)
     assert short.first_interval == 1
+
+
+def test_a_kept_solver_gets_its_past_run_time_on_top_of_the_time_left() -> None:
+    from time import perf_counter
+
+    from dispatch import fast
+
+    problem = replace(hourly([100.0, 300.0]), batteries=battery(2, initial_kwh=500.0))
+    model = fast.Rounded(fast.build(problem), options(Backend.HIGHS))
+    for _ in range(3):
+        assert model.relax().termination is Termination.OPTIMAL
+    past = float(model.highs.getRunTime())
+    assert past > 0
+    fast.set_time_limit(model.highs, perf_counter() + 5.0)
+    # HiGHS compares its limit with the instance's summed run time.
+    _, limit = model.highs.getOptionValue("time_limit")
+    assert isinstance(limit, float)
+    assert past + 4.9 <= limit <= past + 5.0 + 1e-6

@@ -30,7 +30,7 @@ from adapters import payloads
 from adapters._retry import Backoff
 from adapters.base import Adapter, AdapterHealth, ConnectionState, TelemetrySink
 from vpp.clock import Clock, SystemClock
-from vpp.config.schema import GatewayRef, HttpConnection, Park
+from vpp.config.schema import HttpConnection, Park
 from vpp.domain import Setpoint, SetpointAck
 from vpp.errors import AdapterError, PayloadError
 from vpp.metrics import Metrics
@@ -329,14 +329,9 @@ def http_adapters(
     """One adapter per distinct EMS connection of the park (direct or through a gateway)."""
     grouped: dict[HttpConnection, list[HttpEndpoint]] = {}
     for enterprise, asset in park.iter_assets():
-        connection = asset.connection
-        if isinstance(connection, HttpConnection):
-            grouped.setdefault(connection, []).append(HttpEndpoint(asset.id, asset.id))
-        elif isinstance(connection, GatewayRef):
-            gateway = next((g for g in enterprise.gateways if g.id == connection.gateway), None)
-            if gateway is not None and isinstance(gateway.connection, HttpConnection):
-                device_id = connection.device_id or asset.id
-                grouped.setdefault(gateway.connection, []).append(HttpEndpoint(asset.id, device_id))
+        route = enterprise.route(asset)
+        if isinstance(route.connection, HttpConnection):
+            grouped.setdefault(route.connection, []).append(HttpEndpoint(asset.id, route.device_id))
     return [
         HttpAdapter(
             f"http{i}" if i else "http", connection, endpoints, clock=clock, metrics=metrics

@@ -52,7 +52,7 @@ from adapters import payloads
 from adapters._retry import Backoff
 from adapters.base import Adapter, AdapterHealth, ConnectionState, TelemetrySink
 from vpp.clock import Clock, SystemClock
-from vpp.config.schema import GatewayRef, MqttConnection, Park
+from vpp.config.schema import MqttConnection, Park
 from vpp.domain import Measurement, Setpoint, SetpointAck
 from vpp.errors import AdapterError, PayloadError
 from vpp.metrics import Metrics
@@ -876,16 +876,10 @@ def mqtt_endpoints(park: Park) -> dict[MqttConnection, list[MqttEndpoint]]:
     """The park's MQTT-connected assets grouped by broker connection (direct or via gateway)."""
     grouped: dict[MqttConnection, list[MqttEndpoint]] = {}
     for enterprise, asset in park.iter_assets():
-        connection = asset.connection
-        if isinstance(connection, MqttConnection):
-            ep = MqttEndpoint(asset.id, enterprise.id, asset.id, asset.id)
-            grouped.setdefault(connection, []).append(ep)
-        elif isinstance(connection, GatewayRef):
-            gateway = next((g for g in enterprise.gateways if g.id == connection.gateway), None)
-            if gateway is not None and isinstance(gateway.connection, MqttConnection):
-                device_id = connection.device_id or asset.id
-                ep = MqttEndpoint(asset.id, enterprise.id, gateway.id, device_id)
-                grouped.setdefault(gateway.connection, []).append(ep)
+        route = enterprise.route(asset)
+        if isinstance(route.connection, MqttConnection):
+            ep = MqttEndpoint(asset.id, enterprise.id, route.endpoint_id, route.device_id)
+            grouped.setdefault(route.connection, []).append(ep)
     return grouped
 
 

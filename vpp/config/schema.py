@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from dataclasses import dataclass
 from datetime import time
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -325,6 +326,11 @@ GatewayConnection = Annotated[
 ]
 
 
+DeviceConnection = (
+    SimConnection | MqttConnection | HttpConnection | ModbusConnection | OcppConnection
+)
+
+
 class Gateway(Model):
     """An enterprise gateway that relays telemetry and setpoints for many assets."""
 
@@ -610,6 +616,26 @@ class Enterprise(Model):
     contact: Contact | None = None
     gateways: list[Gateway] = Field(default_factory=list)
     assets: list[Asset] = Field(default_factory=list)
+
+    def route(self, asset: AnyAsset) -> Route:
+        """How the engine reaches `asset`: its own connection, or that of the gateway it names."""
+        connection = asset.connection
+        if not isinstance(connection, GatewayRef):
+            return Route(connection, asset.id, asset.id)
+        for gateway in self.gateways:
+            if gateway.id == connection.gateway:
+                return Route(gateway.connection, gateway.id, connection.device_id or asset.id)
+        raise KeyError(f"asset {asset.id!r} names unknown gateway {connection.gateway!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A resolved connection: the peer's settings, the endpoint (gateway or asset) and the
+    id the device or gateway uses for the asset."""
+
+    connection: DeviceConnection
+    endpoint_id: str
+    device_id: str
 
 
 class Location(Model):

@@ -1,0 +1,51 @@
+"""The engine builds one adapter per peer from the enrollment, gateways included."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+from adapters.factory import build_adapters
+from adapters.http import HttpAdapter
+from adapters.mqtt import MqttAdapter
+from adapters.sim import SimAdapter
+from vpp.clock import ManualClock
+from vpp.config import load_park
+
+ROOT = Path(__file__).resolve().parents[3]
+
+PARK = textwrap.dedent(
+    """\
+    id: p1
+    name: Routed park
+    location: {latitude_deg: 31.2, longitude_deg: 121.5}
+    grid_import_limit_kw: 5000
+    market: {rule_set: cn_provincial_spot}
+    enterprises:
+      - id: e1
+        name: E1
+        connection_limit_kw: 3000
+        gateways:
+          - {id: gw1, connection: {adapter: mqtt, port: 1883}}
+          - {id: ems, connection: {adapter: http, base_url: "http://127.0.0.1:9/ems"}}
+        assets:
+          - {id: b1, kind: battery, power_kw: 500, capacity_kwh: 1000, connection: {gateway: gw1, device_id: inv-7}}
+          - {id: b2, kind: battery, power_kw: 500, capacity_kwh: 1000, connection: {gateway: ems}}
+          - {id: pv1, kind: pv, capacity_kwp: 400}
+    """
+)
+
+
+def test_assets_behind_gateways_get_their_protocol_adapter(tmp_path: Path) -> None:
+    path = tmp_path / "park.yaml"
+    path.write_text(PARK)
+    park = load_park(path, ROOT / "config/markets").park
+    adapters = build_adapters(park, ManualClock(datetime(2026, 7, 1, tzinfo=UTC)))
+    by_type = {type(a): a for a in adapters}
+    assert set(by_type) == {SimAdapter, MqttAdapter, HttpAdapter}
+    assert by_type[MqttAdapter].asset_ids == frozenset({"b1"})
+    assert by_type[HttpAdapter].asset_ids == frozenset({"b2"})
+    assert by_type[SimAdapter].asset_ids == frozenset({"pv1"})
+    route = park.enterprises[0].route(park.asset("b1"))
+    assert (route.endpoint_id, route.device_id) == ("gw1", "inv-7")

@@ -50,7 +50,11 @@ from vpp.targets import TargetBook
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[str], None]
-WITHIN_BAND = 0.05  # an interval is "on target" when delivered within ±5 % of the award
+WITHIN_BAND = 0.05
+KEEP_DAYS = 2  # metered energy and targets older than this are dropped
+MAX_TRACKED_INTERVALS = (
+    96 * 31
+)  # interval tracking kept for the run summary  # an interval is "on target" when delivered within ±5 % of the award
 
 
 class _ShutdownError(Exception):
@@ -161,7 +165,7 @@ class Engine:
             clock.now().astimezone(self.park.tz).date(), datetime.min.time(), tzinfo=self.park.tz
         )
         enterprise_of = {a.id: e.id for e, a in self.park.iter_assets()}
-        self.meter = IntervalMeter(list(enterprise_of), enterprise_of, origin, interval)
+        self.meter = IntervalMeter(enterprise_of, origin, interval)
         self.fleet.listeners.append(self.meter.offer)
         self.store = self.options.store
         self.recorder = (
@@ -375,6 +379,12 @@ class Engine:
         for event in self._events_ending(start + self.meter.interval):
             self._settle_event(event)
         self._publish_carbon(start + self.meter.interval)
+        # a long-running engine keeps what the current and previous day's accounting needs
+        kept_from = start - timedelta(days=KEEP_DAYS)
+        self.meter.prune(kept_from)
+        self.targets.prune(kept_from)
+        if len(self.tracking) > MAX_TRACKED_INTERVALS:
+            del self.tracking[: len(self.tracking) - MAX_TRACKED_INTERVALS]
 
     def _events_ending(self, moment: datetime) -> list[DrEvent]:
         ended = []

@@ -7,7 +7,7 @@ longer than `max_gap_s` is not filled. The result feeds tracking, settlement and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -21,15 +21,15 @@ class IntervalMeter:
 
     def __init__(
         self,
-        asset_ids: Sequence[str],
-        enterprise_of: dict[str, str],
+        enterprise_of: Mapping[str, str],
         origin: datetime,
         interval: timedelta,
         max_gap_s: float = 120.0,
     ) -> None:
+        """`enterprise_of` maps every metered asset (in a fixed order) to its enterprise."""
         if origin.tzinfo is None:
             raise ValueError("IntervalMeter origin must be timezone-aware")
-        self.asset_ids = list(asset_ids)
+        self.asset_ids = list(enterprise_of)
         self.index = {a: i for i, a in enumerate(self.asset_ids)}
         self.enterprise_of = enterprise_of
         self.origin = origin
@@ -37,7 +37,6 @@ class IntervalMeter:
         self.interval_s = interval.total_seconds()
         self.max_gap_s = max_gap_s
         self._energy: dict[int, FloatArray] = {}  # interval number -> kWh per asset
-        self._covered: dict[int, FloatArray] = {}  # interval number -> seconds covered per asset
         self._last: list[tuple[float, float] | None] = [None] * len(self.asset_ids)
         self._origin_s = origin.timestamp()
 
@@ -65,9 +64,7 @@ class IntervalMeter:
             energy = self._energy.get(k)
             if energy is None:
                 energy = self._energy[k] = np.zeros(len(self.asset_ids))
-                self._covered[k] = np.zeros(len(self.asset_ids))
             energy[i] += power_kw * (end - t0) / 3600.0
-            self._covered[k][i] += end - t0
             t0 = end
 
     def interval_number(self, moment: datetime) -> int:
@@ -79,13 +76,6 @@ class IntervalMeter:
     def energy_kwh(self, number: int) -> FloatArray:
         """Energy per asset in interval `number` (zeros where nothing was metered)."""
         return self._energy.get(number, np.zeros(len(self.asset_ids))).copy()
-
-    def coverage(self, number: int) -> FloatArray:
-        """Share of the interval each asset's readings cover (0–1)."""
-        covered = self._covered.get(number)
-        if covered is None:
-            return np.zeros(len(self.asset_ids))
-        return np.minimum(covered / self.interval_s, 1.0)
 
     def mean_power_kw(self, horizon: Horizon) -> dict[str, FloatArray]:
         """Mean power per asset per interval of `horizon` (which must lie on this grid)."""
@@ -103,4 +93,3 @@ class IntervalMeter:
         limit = self.interval_number(before)
         for k in [k for k in self._energy if k < limit]:
             del self._energy[k]
-            del self._covered[k]

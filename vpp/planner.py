@@ -9,6 +9,7 @@ again for the next delivery day before its gate closes and whenever the API asks
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -24,7 +25,7 @@ from dispatch.forecast import forecast_park
 from dispatch.problem import BuildOptions, build_problem
 from dispatch.series import FloatArray, Horizon
 from dispatch.solve import Result, SolveOptions, solve
-from market.formats import AwardSet, Submission
+from market.formats import AwardSet, Submission, submission_to_json
 from market.prices import PriceSeries, synthetic_prices
 from market.simulator import MarketSimulator, dr_calls_from_prices
 from vpp.clock import Clock
@@ -342,21 +343,30 @@ class Planner:
         closes = self.loaded.spot.gate_closure.closes_at(day, tz)
         submitted_at = min(self.clock.now(), closes - timedelta(minutes=1))
         participant = self.loaded.park.id
-        award_sets: list[AwardSet] = []
+        submissions: list[Submission] = []
         if plan.bid_curves:
-            spot = Submission(
-                self.loaded.spot.id, participant, submitted_at, bid_curves=plan.bid_curves
+            submissions.append(
+                Submission(
+                    self.loaded.spot.id, participant, submitted_at, bid_curves=plan.bid_curves
+                )
             )
-            award_sets.append(self.market(spot))
         if plan.dr_offers and self.loaded.dr is not None:
             dr_closes = self.loaded.dr.gate_closure.closes_at(day, tz)
-            offers = Submission(
-                self.loaded.dr.id,
-                participant,
-                min(submitted_at, dr_closes - timedelta(minutes=1)),
-                dr_offers=plan.dr_offers,
+            submissions.append(
+                Submission(
+                    self.loaded.dr.id,
+                    participant,
+                    min(submitted_at, dr_closes - timedelta(minutes=1)),
+                    dr_offers=plan.dr_offers,
+                )
             )
-            award_sets.append(self.market(offers))
+        award_sets: list[AwardSet] = []
+        for submission in submissions:
+            if self.store is not None:
+                # what was sent, in the documented submission format
+                payload = json.loads(submission_to_json(submission))
+                self.store.save_bids(submitted_at, submission.market, day.isoformat(), payload)
+            award_sets.append(self.market(submission))
         received = self.clock.now()
         for award_set in award_sets:
             for award in award_set.awards:
@@ -369,14 +379,6 @@ class Planner:
             self.state.publish_awards(award_set.awards)
             if self.store is not None and award_set.awards:
                 self.store.save_awards(award_set.awards, received)
-            if (
-                self.store is not None
-                and plan.bid_curves
-                and award_set.market == self.loaded.spot.id
-            ):
-                self.store.save_bids(
-                    received, award_set.market, day.isoformat(), {"curves": len(plan.bid_curves)}
-                )
         awarded = [a for s in award_sets for a in s.awards]
         events = [e for s in award_sets for e in s.dr_events]
         if awarded or events:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -77,12 +78,16 @@ async def test_engine_plans_bids_follows_audits_and_serves(tmp_path: Path) -> No
     audited, acked = db.execute("SELECT COUNT(*), SUM(acked) FROM setpoint_audit").fetchone()
     telemetry = db.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
     schedules = db.execute("SELECT COUNT(*) FROM schedules").fetchone()[0]
+    bids = db.execute("SELECT market, payload FROM bids").fetchall()
     db.close()
     assert awards == 96
     assert audited == summary.setpoints_sent  # every setpoint that left is in the audit log
     assert acked == summary.setpoints_acked
     assert telemetry == summary.readings_accepted  # nothing accepted was lost on the way to disk
     assert schedules == 1
+    spot = [json.loads(payload) for market, payload in bids if market == loaded.spot.id]
+    assert len(spot) == 1
+    assert len(spot[0]["bid_curves"]) == 96  # the curves as submitted, not a summary
 
 
 async def test_api_serves_live_state_while_running(tmp_path: Path) -> None:

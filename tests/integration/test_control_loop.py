@@ -14,11 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from adapters.sim import SimAdapter
+from tests.parks import generated_park
 from vpp.clock import ManualClock
 from vpp.config.schema import Park
 from vpp.control import Controller, CycleReport
@@ -42,89 +42,6 @@ RECOVERY_CYCLES = 8
 # re-dispatches their share: back within 50 kW (2.5 % of the step) within 8 cycles.
 DROPOUT_BAND_KW = 50.0
 DROPOUT_RECOVERY_CYCLES = 8
-
-
-def generated_park(n_enterprises: int = 10) -> Park:
-    """10 enterprises x 10 assets; devices lag 2 s, batteries deliver 3 % short."""
-    enterprises: list[dict[str, Any]] = []
-    for e in range(n_enterprises):
-        sim = {"telemetry_period_s": 2.0, "response_lag_s": 2.0, "seed": e}
-        lossy = {**sim, "under_delivery_fraction": 0.03}
-        assets: list[dict[str, Any]] = [
-            {
-                "id": f"e{e}-bat{k}",
-                "kind": "battery",
-                "power_kw": 250,
-                "capacity_kwh": 1000,
-                "connection": lossy,
-            }
-            for k in range(5)
-        ]
-        assets += [
-            {"id": f"e{e}-pv", "kind": "pv", "capacity_kwp": 400, "connection": sim},
-            {
-                "id": f"e{e}-load",
-                "kind": "curtailable_load",
-                "profile": {"weekday_kw": [600.0] * 24},
-                "max_reduction_kw": 150,
-                "max_duration_min": 240,
-                "connection": sim,
-                "terms": {"compensation_per_mwh": 300},
-            },
-            {
-                "id": f"e{e}-cold",
-                "kind": "thermal_load",
-                "rated_power_kw": 120,
-                "cop": 2.5,
-                "thermal_capacity_kwh_per_k": 300,
-                "loss_kw_per_k": 3,
-                "temp_min_c": -22,
-                "temp_max_c": -16,
-                "ambient_c": 28,
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-ev",
-                "kind": "ev_charging",
-                "chargers": 6,
-                "charger_power_kw": 30,
-                "sessions": [{"arrival": "08:00", "departure": "18:00", "energy_kwh": 400}],
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-gen",
-                "kind": "generator",
-                "min_kw": 50,
-                "max_kw": 300,
-                "fuel_cost_per_mwh": 900,
-                "emission_kg_per_kwh": 0.6,
-                "connection": sim,
-            },
-        ]
-        enterprises.append(
-            {
-                "id": f"e{e}",
-                "name": f"Enterprise {e}",
-                "connection_limit_kw": 10_000,
-                "assets": assets,
-            }
-        )
-    return Park.model_validate(
-        {
-            "id": "generated",
-            "name": "Generated park",
-            "location": {"latitude_deg": 31.23, "longitude_deg": 121.47},
-            "grid_import_limit_kw": 50_000,
-            "market": {"rule_set": "cn_provincial_spot"},
-            "engine": {
-                "control_period_s": PERIOD_S,
-                "telemetry_stale_s": 6,
-                "setpoint_validity_s": 10,
-                "degraded_after_cycles": 3,
-            },
-            "enterprises": enterprises,
-        }
-    )
 
 
 @dataclass
@@ -183,7 +100,7 @@ def first_settled(reports: list[CycleReport], target_kw: float, band_kw: float) 
 
 
 async def test_follows_stepped_target_and_recovers_from_a_10_percent_dropout() -> None:
-    park = generated_park()
+    park = generated_park(10, control_period_s=PERIOD_S)
     async with running(park) as run:
         await run.cycles(3)  # telemetry flows; no target yet
         start_kw = run.fleet.aggregate().power_kw

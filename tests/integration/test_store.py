@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.postgres import postgres_reachable, private_schema
 from vpp.domain import Award, DrEvent, Interval, Measurement, Setpoint, SetpointAck
 from vpp.store import MIGRATIONS, StorageError, Store
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 7, 15, 0, 0, tzinfo=UTC)
-
-
-def postgres_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -37,18 +27,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         return
     if not postgres_reachable():
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
-    import psycopg
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    s = Store(f"{PG_ADMIN}?options=-csearch_path%3D{schema}")
-    try:
-        yield s
-    finally:
-        s.close()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with private_schema() as url:
+        s = Store(url)
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 def test_migrations_are_applied_once(store: Store) -> None:

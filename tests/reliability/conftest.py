@@ -9,11 +9,8 @@ that its list of violations stays empty while they break things around the engin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import socket
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,122 +30,11 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 LIMIT_TOLERANCE_KW = 1e-6
 
 
-def postgres_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def private_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema on the loopback server; yields its storage URL, then drops it."""
-    import psycopg
-
-    schema = f"rel_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_ADMIN}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 async def eventually(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.02) -> None:
     """Wait until `check()` holds; TimeoutError after `timeout_s` of wall time."""
     async with asyncio.timeout(timeout_s):
         while not check():  # noqa: ASYNC110  (polls state other tasks own)
             await asyncio.sleep(poll_s)
-
-
-def generated_park(
-    n_enterprises: int = 15,
-    *,
-    control_period_s: float = 2.0,
-    telemetry_stale_s: float = 6.0,
-    fallback: str = "release",
-) -> Park:
-    """`n_enterprises` x 10 simulated assets of every controllable kind (150 by default).
-
-    Devices answer with a 2 s first-order lag and report every 2 s; batteries deliver 3 %
-    short so that the loop's integral term has work to do.
-    """
-    enterprises: list[dict[str, Any]] = []
-    for e in range(n_enterprises):
-        sim = {"telemetry_period_s": 2.0, "response_lag_s": 2.0, "seed": e}
-        lossy = {**sim, "under_delivery_fraction": 0.03}
-        assets: list[dict[str, Any]] = [
-            {
-                "id": f"e{e}-bat{k}",
-                "kind": "battery",
-                "power_kw": 250,
-                "capacity_kwh": 1000,
-                "connection": lossy,
-            }
-            for k in range(5)
-        ]
-        assets += [
-            {"id": f"e{e}-pv", "kind": "pv", "capacity_kwp": 400, "connection": sim},
-            {
-                "id": f"e{e}-load",
-                "kind": "curtailable_load",
-                "profile": {"weekday_kw": [600.0] * 24},
-                "max_reduction_kw": 150,
-                "max_duration_min": 240,
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-cold",
-                "kind": "thermal_load",
-                "rated_power_kw": 120,
-                "cop": 2.5,
-                "thermal_capacity_kwh_per_k": 300,
-                "loss_kw_per_k": 3,
-                "temp_min_c": -22,
-                "temp_max_c": -16,
-                "ambient_c": 28,
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-ev",
-                "kind": "ev_charging",
-                "chargers": 6,
-                "charger_power_kw": 30,
-                "sessions": [{"arrival": "08:00", "departure": "18:00", "energy_kwh": 400}],
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-gen",
-                "kind": "generator",
-                "min_kw": 50,
-                "max_kw": 300,
-                "fuel_cost_per_mwh": 900,
-                "emission_kg_per_kwh": 0.6,
-                "connection": sim,
-            },
-        ]
-        enterprises.append(
-            {"id": f"e{e}", "name": f"E{e}", "connection_limit_kw": 10_000, "assets": assets}
-        )
-    return Park.model_validate(
-        {
-            "id": "reliability",
-            "name": "Reliability park",
-            "location": {"latitude_deg": 31.23, "longitude_deg": 121.47},
-            "grid_import_limit_kw": 50_000,
-            "market": {"rule_set": "cn_provincial_spot"},
-            "engine": {
-                "control_period_s": control_period_s,
-                "telemetry_stale_s": telemetry_stale_s,
-                "setpoint_validity_s": 10,
-                "degraded_after_cycles": 3,
-                "fallback": fallback,
-            },
-            "enterprises": enterprises,
-        }
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ import pytest
 
 from adapters.base import Adapter, AdapterHealth, TelemetrySink
 from adapters.sim import SimAdapter
-from tests.reliability.conftest import LimitGuard, RecordingFleet, generated_park
+from tests.parks import generated_park
+from tests.reliability.conftest import LimitGuard, RecordingFleet
 from vpp.clock import AcceleratedClock
 from vpp.control import Controller, ControlOptions
 from vpp.domain import Availability, Setpoint, SetpointAck

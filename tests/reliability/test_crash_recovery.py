@@ -30,13 +30,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.conftest import (
-    MARKETS,
-    ROOT,
-    SMALL_PARK,
-    postgres_reachable,
-    private_schema,
-)
+from tests.postgres import postgres_reachable, private_schema
+from tests.reliability.conftest import MARKETS, ROOT, SMALL_PARK
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters.sim import SimAdapter
-from tests.reliability.conftest import LimitGuard, RecordingFleet, generated_park
+from tests.parks import generated_park
+from tests.reliability.conftest import LimitGuard, RecordingFleet
 from vpp.clock import AcceleratedClock, Clock, ManualClock
 from vpp.config.schema import Park
 from vpp.control import Controller, CycleReport

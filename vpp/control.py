@@ -271,6 +271,12 @@ class Controller:
         self.acked = 0
         self.refused = 0
 
+    def degraded_ids(self) -> tuple[str, ...]:
+        """Assets the loop has set aside for not following or not acknowledging."""
+        return tuple(
+            a for a, degraded in zip(self.asset_ids, self._degraded, strict=True) if degraded
+        )
+
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -337,11 +337,7 @@ class Engine:
                     setpoints_sent=report.setpoints,
                     setpoints_clamped=self.controller.clamped,
                     duration_s=report.compute_s,
-                    degraded_assets=tuple(
-                        s.asset_id
-                        for s in self.fleet.states()
-                        if s.availability.value == "degraded"
-                    ),
+                    degraded_assets=self.controller.degraded_ids(),
                 )
             )
 

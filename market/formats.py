@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from vpp.config.yamlsource import dotted
 from vpp.domain import Award, BidCurve, BidStep, DrEvent, DrOffer, Interval
 from vpp.errors import VPPError
 
@@ -252,7 +253,7 @@ def _validate_json(model: type[ModelT], text: str, source: str) -> ModelT:
         return model.model_validate(data)
     except ValidationError as err:
         item = err.errors(include_url=False)[0]
-        raise FormatError(source, None, _dotted(item["loc"]), _message(item)) from None
+        raise FormatError(source, None, dotted(item["loc"]), _message(item)) from None
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -533,7 +534,7 @@ def _header_doc(
         item = err.errors(include_url=False)[0]
         key = str(item["loc"][0]) if item["loc"] else ""
         line = header[key][1] if key in header else None
-        raise FormatError(source, line, _dotted(item["loc"]), _message(item)) from None
+        raise FormatError(source, line, dotted(item["loc"]), _message(item)) from None
 
 
 def _row_model(model: type[ModelT], data: dict[str, Any], source: str, line: int) -> ModelT:
@@ -541,7 +542,7 @@ def _row_model(model: type[ModelT], data: dict[str, Any], source: str, line: int
         return model.model_validate(data)
     except ValidationError as err:
         item = err.errors(include_url=False)[0]
-        raise FormatError(source, line, _dotted(item["loc"]), _message(item)) from None
+        raise FormatError(source, line, dotted(item["loc"]), _message(item)) from None
 
 
 def _float(text: str, source: str, line: int, column: str) -> float:
@@ -668,13 +669,6 @@ def _award_set(doc: _AwardsDoc) -> AwardSet:
             for e in doc.dr_events
         ),
     )
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def _message(item: Any) -> str:

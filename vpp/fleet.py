@@ -23,6 +23,8 @@ from vpp.metrics import Metrics
 log = logging.getLogger(__name__)
 
 FUTURE_TOLERANCE_S = 60.0  # device clocks drift; further ahead than this is a bad timestamp
+FUTURE_TOLERANCE = timedelta(seconds=FUTURE_TOLERANCE_S)
+_AHEAD = -FUTURE_TOLERANCE  # the age of a reading stamped at the future limit
 RANGE_MARGIN = 1.5  # a reading this far beyond the nameplate range is not physical
 PLAUSIBLE_TOLERANCE_KW = 1e-9  # PowerLimits.contains's default tolerance
 
@@ -97,7 +99,7 @@ class Fleet:
 
     def accept(self, adapter: str, measurements: Sequence[Measurement]) -> int:
         now = self.clock.now()
-        future_limit = now + timedelta(seconds=FUTURE_TOLERANCE_S)
+        future_limit = now + FUTURE_TOLERANCE
         oldest = now - self.stale_after
         accepted = 0
         kept: list[Measurement] | None = [] if self.listeners else None
@@ -206,14 +208,14 @@ class Fleet:
     def fresh(self, asset_id: str, now: datetime | None = None) -> Measurement | None:
         """The last measurement if it is fresh and the asset is online, else None."""
         entry = self._entries[asset_id]
-        moment = now or self.clock.now()
-        if (
-            entry.last is None
-            or not entry.online
-            or moment - entry.last.timestamp > self.stale_after
-        ):
+        last = entry.last
+        if last is None or not entry.online:
             return None
-        return entry.last
+        # `_current`, inline: the control loop asks this of every asset every cycle
+        age = (now or self.clock.now()) - last.timestamp
+        if not _AHEAD <= age <= self.stale_after:
+            return None
+        return last
 
     def aggregate(self, enterprise_id: str | None = None) -> Aggregate:
         """Sum of fresh power over the park or one enterprise, with counts by availability."""
@@ -268,11 +270,19 @@ class Fleet:
             return Availability.OFFLINE
         if entry.last is None:
             return Availability.UNKNOWN
-        if now - entry.last.timestamp > self.stale_after:
+        if not self._current(entry.last, now):
             return Availability.STALE
         if entry.degraded:
             return Availability.DEGRADED
         return Availability.AVAILABLE
+
+    def _current(self, last: Measurement, now: datetime) -> bool:
+        """Whether `last` is neither stale nor beyond the future tolerance of `now`.
+
+        A reading further ahead than the tolerance was accepted before the clock stepped
+        back (an NTP correction): it is no sign of life now.
+        """
+        return _AHEAD <= now - last.timestamp <= self.stale_after
 
     @staticmethod
     def _check(
@@ -286,7 +296,9 @@ class Fleet:
             return "future_timestamp"
         if m.timestamp < oldest:
             return "stale_timestamp"
-        if entry.last is not None and m.timestamp < entry.last.timestamp:
+        # A last reading beyond the future limit was accepted before the clock stepped back:
+        # it orders nothing, or every reading would be refused until the clock caught up.
+        if entry.last is not None and m.timestamp < entry.last.timestamp <= future_limit:
             return "out_of_order"
         if not math.isfinite(m.power_kw) or not entry.plausible.contains(m.power_kw):
             return "out_of_range"

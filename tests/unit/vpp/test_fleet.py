@@ -113,6 +113,44 @@ async def test_staleness_follows_the_clock(fleet: Fleet, clock: ManualClock) -> 
     assert fleet.availability("bat-a") is Availability.AVAILABLE
 
 
+async def test_clock_stepped_back_beyond_the_future_tolerance(
+    fleet: Fleet, clock: ManualClock
+) -> None:
+    # An NTP correction moves the engine clock back 10 minutes: the readings taken before
+    # now lie in the future. They are no sign of life, and they order nothing.
+    fleet.accept("test", [reading("bat-a", 100.0), reading("pv-a", -40.0)])
+    await clock.advance(-600)
+    assert fleet.availability("bat-a") is Availability.STALE
+    assert fleet.fresh("bat-a") is None
+    agg = fleet.aggregate()
+    assert (agg.stale, agg.available, agg.power_kw) == (2, 0, 0.0)
+
+    assert fleet.accept("test", [reading("bat-a", 80.0, at=clock.now())]) == 1
+    assert rejected(fleet, "out_of_order") == 0
+    assert fleet.latest("bat-a").power_kw == 80.0  # type: ignore[union-attr]
+    assert fleet.availability("bat-a") is Availability.AVAILABLE
+    assert fleet.aggregate().power_kw == pytest.approx(80.0)
+    # from the new reading on, order is checked again
+    later = clock.now() + timedelta(seconds=2)
+    assert fleet.accept("test", [reading("bat-a", 70.0, at=later)]) == 1
+    assert fleet.accept("test", [reading("bat-a", 60.0, at=clock.now())]) == 0
+    assert rejected(fleet, "out_of_order") == 1
+
+
+async def test_clock_stepped_back_within_the_future_tolerance(
+    fleet: Fleet, clock: ManualClock
+) -> None:
+    # A step back shorter than the tolerance leaves the last reading fresh, and it still
+    # orders the next ones: an older reading is refused until the clock has caught up.
+    fleet.accept("test", [reading("bat-a", 100.0)])
+    await clock.advance(-30)
+    assert fleet.availability("bat-a") is Availability.AVAILABLE
+    assert fleet.accept("test", [reading("bat-a", 80.0, at=clock.now())]) == 0
+    assert rejected(fleet, "out_of_order") == 1
+    await clock.advance(30)
+    assert fleet.accept("test", [reading("bat-a", 80.0, at=clock.now())]) == 1
+
+
 def test_offline_and_degraded(fleet: Fleet) -> None:
     fleet.accept("test", [reading("bat-a", 100.0), reading("gen-b", -200.0)])
     fleet.set_available("bat-a", False, T0)

@@ -790,7 +790,7 @@ async def get_park(ctx: Context) -> ParkOut:
         enterprises=enterprises,
         assets=agg.assets,
         power_kw=agg.power_kw,
-        target_kw=ctx.state.target_at(now),
+        target_kw=ctx.state.target_kw,
         counts=_counts(agg),
     )
 

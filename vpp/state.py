@@ -354,17 +354,13 @@ class EngineState:
         self.control = cycle
         self.power_history.append(PowerSample(cycle.at, cycle.measured_kw, cycle.target_kw))
 
-    def target_at(self, moment: datetime) -> float | None:
-        """The awarded park power in force at `moment`, else the scheduled one."""
-        for award in self.awards.values():
-            if award.interval.contains(moment):
-                return award.power_kw
-        schedule = self.schedule
-        if schedule is not None:
-            index = int((moment - schedule.start) // timedelta(minutes=schedule.interval_min))
-            if 0 <= index < len(schedule.park_kw):
-                return schedule.park_kw[index]
-        return None
+    @property
+    def target_kw(self) -> float | None:
+        """The park target the control loop followed in its last cycle (`TargetBook`: award or
+        schedule, less active DR events, or an override); None before the first cycle or when
+        nothing asks anything of the park. Read from the cycle, not worked out again here, so
+        the API cannot show another target than the one the loop follows."""
+        return None if self.control is None else self.control.target_kw
 
     # --- internals -------------------------------------------------------------------------
 

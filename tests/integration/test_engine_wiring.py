@@ -16,6 +16,7 @@ from dispatch.bids import BidOptions
 from vpp.api import TokenStore
 from vpp.clock import AcceleratedClock
 from vpp.config import load_park
+from vpp.domain import DrEvent
 from vpp.engine import Engine, EngineOptions
 from vpp.planner import PriceSource, day_horizon, plan_day
 from vpp.store import Store
@@ -126,3 +127,54 @@ async def test_api_serves_live_state_while_running(tmp_path: Path) -> None:
     finally:
         engine.stop()
         await task
+
+
+async def test_park_endpoint_shows_the_target_the_loop_follows_during_a_dr_event() -> None:
+    loaded = load_park(SMALL, MARKETS)
+    park = loaded.park
+    day_start = datetime.combine(DAY, datetime.min.time(), tzinfo=park.tz)
+    start = day_start + timedelta(hours=11)
+    clock = AcceleratedClock(start, 60.0)
+    options = EngineOptions(
+        serve_api=True,
+        listen="127.0.0.1:0",
+        tokens=TokenStore.parse("op-token-0123456789abcdef:operator"),
+    )
+    engine = Engine(loaded, clock, build_adapters(park, clock), options=options)
+    # A schedule and a DR event in force, entered as the planner enters them: into the
+    # control loop's target book and into the API's read model.
+    quarter = timedelta(minutes=15)
+    engine.targets.set_schedule(day_start, quarter, [900.0] * 96)
+    engine.state.publish_schedule(
+        computed_at=start, start=day_start, interval_min=15, status="optimal", asset_kw={},
+        park_kw=[900.0] * 96,
+    )  # fmt: skip
+    event = DrEvent(
+        "evt-noon", "cn_peak_valley_dr", start - timedelta(hours=1), start + timedelta(hours=2),
+        start - timedelta(hours=3), 250.0, 1200.0,
+    )  # fmt: skip
+    engine.targets.add_event(event)
+    engine.state.publish_dr_event(event)
+    task = asyncio.create_task(engine.run())
+    try:
+        for _ in range(200):
+            if engine.address is not None and engine.state.control is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.address is not None and engine.state.control is not None
+        host, port = engine.address
+        headers = {"Authorization": "Bearer op-token-0123456789abcdef"}
+        async with (
+            aiohttp.ClientSession(f"http://{host}:{port}") as http,
+            http.get("/api/v1/park", headers=headers) as response,
+        ):
+            assert response.status == 200
+            body = await response.json()
+        in_force = engine.targets.target_at(clock.now())
+        report = engine.controller.last_report if engine.controller is not None else None
+    finally:
+        engine.stop()
+        await task
+    assert in_force is not None and in_force.power_kw == pytest.approx(900.0 - 250.0)
+    assert report is not None and report.target_kw == pytest.approx(in_force.power_kw)
+    assert body["target_kw"] == pytest.approx(in_force.power_kw)

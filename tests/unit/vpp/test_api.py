@@ -32,10 +32,12 @@ from vpp.api import (
 from vpp.carbon import GridEmissionFactor, MeteredPeriod, account, daily_trend, load_indicators
 from vpp.clock import ManualClock
 from vpp.config import load_park
+from vpp.control import Controller
 from vpp.domain import Award, BidCurve, BidStep, DrEvent, DrOffer, Interval, Measurement
 from vpp.fleet import Fleet
 from vpp.metrics import Metrics
 from vpp.state import ControlCycleView, EngineState, SettlementLine
+from vpp.targets import TargetBook
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = ROOT / "tests" / "fixtures" / "small_park.yaml"
@@ -128,10 +130,10 @@ def populate(state: EngineState, now: datetime) -> None:
     indicators = load_indicators(ROOT / "config" / "indicators.yaml")
     result = account(state.park, metered, GridEmissionFactor(0.5306), indicators)
     state.publish_carbon(now, result, daily_trend(result.park, horizon, state.park.timezone))
+    awarded = total - 100  # the award in force at 10:00, which the control loop follows
     for k in range(5):
-        state.publish_control(
-            ControlCycleView(now - timedelta(seconds=2 * (4 - k)), total, total + k, 7, 1, 0.004)
-        )
+        at = now - timedelta(seconds=2 * (4 - k))
+        state.publish_control(ControlCycleView(at, awarded, awarded + k, 7, 1, 0.004))
 
 
 @dataclass
@@ -210,7 +212,7 @@ async def test_read_contents_match_what_was_published(app_client: Api) -> None:
     assert park["id"] == "small"
     assert park["power_kw"] == pytest.approx(sum(POWER.values()))
     assert park["counts"]["available"] == 7
-    # the award in force at 10:00 (interval 40, even) is total - 100
+    # the target of the last control cycle: the award in force at 10:00 (interval 40, even)
     assert park["target_kw"] == pytest.approx(sum(POWER.values()) - 100)
 
     ent = await (await app_client.get("/api/v1/enterprises/ent-b")).json()
@@ -247,6 +249,35 @@ async def test_read_contents_match_what_was_published(app_client: Api) -> None:
     control = await (await app_client.get("/api/v1/control?limit=3")).json()
     assert len(control["history"]) == 3
     assert control["latest"]["error_kw"] == pytest.approx(-4.0)
+
+
+async def test_park_target_during_a_dr_event_is_the_one_the_control_loop_follows(
+    app_client: Api,
+) -> None:
+    # The control loop's target book holds what the state holds: the awards and evt-1.
+    state = app_client.state
+    targets = TargetBook()
+    for awarded in state.award_list():
+        targets.add_award(awarded, NOW - timedelta(hours=20))
+    for view in state.dr_event_list():
+        targets.add_event(view.event)
+    await app_client.clock.advance(4.5 * 3600)  # 14:30, evt-1 (600 kW) is active
+    now = app_client.clock.now()
+    fleet = Fleet(state.park, app_client.clock)
+    controller = Controller(state.park, fleet, {}, app_client.clock, Metrics(), targets)
+    report = controller.cycle()
+    state.publish_control(  # as the engine copies every cycle into its read model
+        ControlCycleView(report.at, report.target_kw, report.measured_kw, 0, 0, report.compute_s)
+    )
+
+    park = await (await app_client.get("/api/v1/park")).json()
+    in_force = targets.target_at(now)
+    award = targets.award_at(now)
+    assert in_force is not None and award is not None
+    assert in_force.power_kw == pytest.approx(award.power_kw - 600.0)
+    assert park["target_kw"] == pytest.approx(in_force.power_kw)
+    control = await (await app_client.get("/api/v1/control")).json()
+    assert control["latest"]["target_kw"] == park["target_kw"]
 
 
 async def test_openapi_document_covers_every_route(app_client: Api) -> None:

@@ -1116,6 +1116,24 @@ MODEL_CLASSES: dict[AssetKind, type[SimModel]] = {
 }
 
 
+def _simulated_assets(park: Park) -> list[tuple[Enterprise, AnyAsset]]:
+    """The park's assets that `Enterprise.route` reaches over a simulated connection.
+
+    An asset behind a simulated gateway is handed on with the gateway's connection as its
+    own, so that its model takes the gateway's telemetry period, lag and faults.
+    """
+    simulated: list[tuple[Enterprise, AnyAsset]] = []
+    for enterprise, asset in park.iter_assets():
+        connection = enterprise.route(asset).connection
+        if not isinstance(connection, SimConnection):
+            continue
+        if asset.connection is connection:
+            simulated.append((enterprise, asset))
+        else:
+            simulated.append((enterprise, asset.model_copy(update={"connection": connection})))
+    return simulated
+
+
 def make_model(asset: AnyAsset, site: Site, options: SimOptions | None = None) -> SimModel:
     """The model of an asset's kind."""
     return MODEL_CLASSES[asset.kind](asset, site, options)
@@ -1180,10 +1198,9 @@ class SimAdapter(Adapter):
         cloudiness: float = DEFAULT_CLOUDINESS,
         dropout_mean_s: float = DEFAULT_DROPOUT_MEAN_S,
     ) -> SimAdapter:
-        """Every asset of the park whose connection is simulated."""
-        pairs = [(e, a) for e, a in park.iter_assets() if isinstance(a.connection, SimConnection)]
+        """Every asset of the park whose connection is simulated, its own or its gateway's."""
         return cls(
-            pairs,
+            _simulated_assets(park),
             park,
             clock,
             seed=seed,

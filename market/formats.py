@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from vpp.config.messages import validation_message
 from vpp.config.yamlsource import dotted
 from vpp.domain import Award, BidCurve, BidStep, DrEvent, DrOffer, Interval
 from vpp.errors import VPPError
@@ -253,7 +254,7 @@ def _validate_json(model: type[ModelT], text: str, source: str) -> ModelT:
         return model.model_validate(data)
     except ValidationError as err:
         item = err.errors(include_url=False)[0]
-        raise FormatError(source, None, dotted(item["loc"]), _message(item)) from None
+        raise FormatError(source, None, dotted(item["loc"]), validation_message(item)) from None
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -534,7 +535,7 @@ def _header_doc(
         item = err.errors(include_url=False)[0]
         key = str(item["loc"][0]) if item["loc"] else ""
         line = header[key][1] if key in header else None
-        raise FormatError(source, line, dotted(item["loc"]), _message(item)) from None
+        raise FormatError(source, line, dotted(item["loc"]), validation_message(item)) from None
 
 
 def _row_model(model: type[ModelT], data: dict[str, Any], source: str, line: int) -> ModelT:
@@ -542,7 +543,7 @@ def _row_model(model: type[ModelT], data: dict[str, Any], source: str, line: int
         return model.model_validate(data)
     except ValidationError as err:
         item = err.errors(include_url=False)[0]
-        raise FormatError(source, line, dotted(item["loc"]), _message(item)) from None
+        raise FormatError(source, line, dotted(item["loc"]), validation_message(item)) from None
 
 
 def _float(text: str, source: str, line: int, column: str) -> float:
@@ -669,16 +670,3 @@ def _award_set(doc: _AwardsDoc) -> AwardSet:
             for e in doc.dr_events
         ),
     )
-
-
-def _message(item: Any) -> str:
-    if item["type"] == "extra_forbidden":
-        return "unknown key"
-    if item["type"] == "missing":
-        return "missing required field"
-    message = str(item["msg"])
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
-    elif "input" in item and not isinstance(item["input"], dict | list):
-        message = f"{message} (got {item['input']!r})"
-    return message[0].lower() + message[1:] if message else str(item["type"])

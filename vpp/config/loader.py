@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from market.rules import AnyRuleSet, DemandResponseRules, RuleSet, SpotMarketRules
 from vpp.config import yamlsource
+from vpp.config.messages import validation_message
 from vpp.config.schema import Park
 from vpp.config.yamlsource import dotted
 from vpp.domain import AssetKind
@@ -25,11 +26,6 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # Discriminator tags pydantic puts into error locations; they are not keys of the file.
 _TAGS = {kind.value for kind in AssetKind} | {"sim", "mqtt", "http", "modbus", "ocpp", "gateway"}
 _TAGS |= {"spot", "demand_response"}
-
-_MESSAGES = {
-    "extra_forbidden": "unknown key",
-    "missing": "missing required field",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +134,7 @@ def _problems_from(err: ValidationError, source: yamlsource.Source) -> list[Prob
         elif item["type"] == "unknown_adapter" and (*path, "adapter") in source.lines:
             path = (*path, "adapter")
         file, line = source.locate(path)
-        message = _message(item)
+        message = validation_message(item)
         key = (file, line, message + dotted(path))
         if key in seen:
             continue
@@ -158,33 +154,6 @@ def _clean_loc(loc: tuple[int | str, ...], source: yamlsource.Source) -> tuple[s
         else:
             path = candidate
     return path
-
-
-def _message(item: Any) -> str:
-    kind = item["type"]
-    if kind in _MESSAGES:
-        return str(_MESSAGES[kind])
-    if kind == "union_tag_invalid":
-        ctx = item.get("ctx", {})
-        return f"unknown kind {ctx.get('tag')!r}: expected one of {ctx.get('expected_tags')}"
-    if kind == "union_tag_not_found":
-        return f"missing '{item.get('ctx', {}).get('discriminator', 'kind').strip(chr(39))}'"
-    message = str(item["msg"])
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
-    elif (
-        "input" in item
-        and not isinstance(item["input"], dict | list)
-        and not _secretive(item["loc"])
-    ):
-        message = f"{message} (got {item['input']!r})"
-    return message[0].lower() + message[1:] if message else kind
-
-
-def _secretive(loc: tuple[int | str, ...]) -> bool:
-    """Fields whose value may be a secret typed in the wrong place: never echo them back."""
-    name = str(loc[-1]) if loc else ""
-    return name.endswith(("_env", "url", "password", "token", "secret"))
 
 
 def _check_references(park: Park, source: yamlsource.Source) -> list[Problem]:

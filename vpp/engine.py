@@ -516,14 +516,15 @@ class Engine:
         """After a restart: the awards and DR events in force come back from the store."""
         assert self.store is not None
         now = self.clock.now()
-        awards = await asyncio.to_thread(
-            self.store.awards, now - timedelta(days=1), now + timedelta(days=2)
+        received = await asyncio.to_thread(
+            self.store.received_awards, now - timedelta(days=1), now + timedelta(days=2)
         )
+        awards = [award for award, _ in received]
         events = await asyncio.to_thread(
             self.store.dr_events, now - timedelta(days=1), now + timedelta(days=2)
         )
-        for award in awards:
-            self.targets.add_award(award, now)
+        for award, received_at in received:
+            self.targets.add_award(award, received_at)
         self.state.publish_awards(awards)
         if self.planner is not None:
             # A day with awards in force has been bid and cleared: follow them, do not bid again.

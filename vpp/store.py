@@ -330,21 +330,29 @@ class Store:
             )
 
     def awards(self, start: datetime, end: datetime) -> list[Award]:
+        return [award for award, _ in self.received_awards(start, end)]
+
+    def received_awards(self, start: datetime, end: datetime) -> list[tuple[Award, datetime]]:
+        """Awards for intervals starting in [start, end), each with when it was received
+        (its notice counts from then, also after a restart)."""
         with self._tx() as cur:
             cur.execute(
                 self._sql(
-                    "SELECT market, start_ms, length_s, power_kw, price_per_mwh FROM awards "
-                    "WHERE start_ms >= ? AND start_ms < ? ORDER BY start_ms, market"
+                    "SELECT market, start_ms, length_s, power_kw, price_per_mwh, received_ms "
+                    "FROM awards WHERE start_ms >= ? AND start_ms < ? ORDER BY start_ms, market"
                 ),
                 (to_ms(start), to_ms(end)),
             )
             rows = cur.fetchall()
         return [
-            Award(
-                Interval(from_ms(int(r[1])), timedelta(seconds=int(r[2]))),
-                float(r[3]),
-                float(r[4]),
-                str(r[0]),
+            (
+                Award(
+                    Interval(from_ms(int(r[1])), timedelta(seconds=int(r[2]))),
+                    float(r[3]),
+                    float(r[4]),
+                    str(r[0]),
+                ),
+                from_ms(int(r[5])),
             )
             for r in rows
         ]

@@ -16,7 +16,7 @@ from dispatch.bids import BidOptions
 from vpp.api import TokenStore
 from vpp.clock import AcceleratedClock
 from vpp.config import load_park
-from vpp.domain import DrEvent
+from vpp.domain import Award, DrEvent, Interval
 from vpp.engine import Engine, EngineOptions
 from vpp.planner import PriceSource, day_horizon, plan_day
 from vpp.store import Store
@@ -178,3 +178,34 @@ async def test_park_endpoint_shows_the_target_the_loop_follows_during_a_dr_event
     assert in_force is not None and in_force.power_kw == pytest.approx(900.0 - 250.0)
     assert report is not None and report.target_kw == pytest.approx(in_force.power_kw)
     assert body["target_kw"] == pytest.approx(in_force.power_kw)
+
+
+async def test_restored_awards_keep_the_notice_they_were_received_with(tmp_path: Path) -> None:
+    """After a restart, an award's notice counts from when it was received, not from the
+    restart: assets that need notice take part in awards received long before."""
+    loaded = load_park(SMALL, MARKETS)
+    park = loaded.park
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=park.tz) + timedelta(hours=10)
+    received = start - timedelta(hours=14)  # the day-ahead clearing, the evening before
+    store = Store(f"sqlite:///{tmp_path / 'engine.db'}")
+    store.migrate()
+    interval = timedelta(minutes=15)
+    day_start = start - timedelta(hours=10)
+    store.save_schedule(received, day_start, interval, "optimal", 0.0, {"power_kw": [[100.0] * 96]})
+    awards = [
+        Award(Interval(day_start + k * interval, interval), 250.0, 400.0, loaded.spot.id)
+        for k in range(96)
+    ]
+    store.save_awards(awards, received)
+    clock = AcceleratedClock(start, 60.0)
+    options = EngineOptions(
+        prices=PriceSource(seed=3), plan_today=False, plan_next_days=False, store=store
+    )
+    engine = Engine(loaded, clock, build_adapters(park, clock, seed=2), options=options)
+    await engine.run(duration_s=60)
+    store.close()
+
+    target = engine.targets.target_at(start + timedelta(minutes=1))
+    assert target is not None
+    assert target.power_kw == 250.0 and target.baseline_kw == 100.0
+    assert target.notice_min == pytest.approx(14 * 60 + 1, abs=0.5)

@@ -82,6 +82,10 @@ def test_awards_replace_by_interval(store: Store) -> None:
     store.save_awards([Award(interval, 1000.0, 350.0, "spot")], T0)
     store.save_awards([Award(interval, 1200.0, 360.0, "spot")], T0 + timedelta(minutes=1))
     assert store.awards(T0, T0 + timedelta(days=1)) == [Award(interval, 1200.0, 360.0, "spot")]
+    # the replacement's receipt is kept: a restarted engine counts notice from it
+    assert store.received_awards(T0, T0 + timedelta(days=1)) == [
+        (Award(interval, 1200.0, 360.0, "spot"), T0 + timedelta(minutes=1))
+    ]
 
 
 def test_dr_events_and_settlements(store: Store) -> None:

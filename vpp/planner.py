@@ -293,6 +293,15 @@ class Planner:
         horizon = plan.horizon
         interval_min = int(horizon.interval.total_seconds() // 60)
         result = plan.result
+        park = plan.envelope.park
+        envelope = {
+            "expected_kw": [float(v) for v in park.baseline_kw],
+            "min_kw": [float(v) for v in park.baseline_kw - park.down_kw],
+            "max_kw": [float(v) for v in park.baseline_kw + park.up_kw],
+        }
+        price_per_mwh = [float(v) for v in plan.prices_per_mwh]
+        kind = "forecast" if self.prices.series is None else "file"
+        currency = self.loaded.spot.currency
         if result.schedule is not None:
             schedule = result.schedule
             self.state.publish_schedule(
@@ -306,6 +315,7 @@ class Planner:
                 carbon_price_per_t=carbon_price_per_t or None,
             )
             if self.store is not None:
+                # Everything the API shows of a plan, so that a restarted engine shows it too.
                 self.store.save_schedule(
                     now,
                     horizon.start,
@@ -315,23 +325,24 @@ class Planner:
                     {
                         "asset_ids": list(schedule.asset_ids),
                         "power_kw": schedule.power_kw.round(3).tolist(),
+                        "carbon_price_per_t": carbon_price_per_t or None,
+                        "envelope": envelope,
+                        "prices": {
+                            "price_per_mwh": price_per_mwh,
+                            "kind": kind,
+                            "currency": currency,
+                        },
                     },
                 )
-        park = plan.envelope.park
         self.state.publish_envelope(
-            computed_at=now,
-            start=horizon.start,
-            interval_min=interval_min,
-            expected_kw=[float(v) for v in park.baseline_kw],
-            min_kw=[float(v) for v in park.baseline_kw - park.down_kw],
-            max_kw=[float(v) for v in park.baseline_kw + park.up_kw],
+            computed_at=now, start=horizon.start, interval_min=interval_min, **envelope
         )
         self.state.publish_prices(
             start=horizon.start,
             interval_min=interval_min,
-            price_per_mwh=[float(v) for v in plan.prices_per_mwh],
-            kind="forecast" if self.prices.series is None else "file",
-            currency=self.loaded.spot.currency,
+            price_per_mwh=price_per_mwh,
+            kind=kind,
+            currency=currency,
         )
         if result.ok and (plan.bid_curves or plan.dr_offers):
             self.state.publish_bids(now, plan.bid_curves, plan.dr_offers)

@@ -107,6 +107,18 @@ class Rollup:
     samples: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoredSchedule:
+    """A saved plan: when it was made, its horizon, status, objective and payload (JSON)."""
+
+    created: datetime
+    start: datetime
+    interval: timedelta
+    status: str
+    objective: float | None
+    payload: Any
+
+
 class Store:
     """One database: telemetry history, plans, market records and the setpoint audit log."""
 
@@ -293,11 +305,23 @@ class Store:
             ),
         )
 
-    def latest_schedule(self) -> tuple[datetime, str, Any] | None:
+    def latest_schedule(self) -> StoredSchedule | None:
         with self._tx() as cur:
-            cur.execute("SELECT start_ms, status, payload FROM schedules ORDER BY id DESC LIMIT 1")
+            cur.execute(
+                "SELECT created_ms, start_ms, interval_s, status, objective, payload "
+                "FROM schedules ORDER BY id DESC LIMIT 1"
+            )
             row = cur.fetchone()
-        return None if row is None else (from_ms(int(row[0])), str(row[1]), json.loads(row[2]))
+        if row is None:
+            return None
+        return StoredSchedule(
+            created=from_ms(int(row[0])),
+            start=from_ms(int(row[1])),
+            interval=timedelta(seconds=float(row[2])),
+            status=str(row[3]),
+            objective=None if row[4] is None else float(row[4]),
+            payload=json.loads(row[5]),
+        )
 
     def save_bids(self, created: datetime, market: str, day: str, payload: Any) -> int:
         return self._insert_returning_id(

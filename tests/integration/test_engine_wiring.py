@@ -209,3 +209,37 @@ async def test_restored_awards_keep_the_notice_they_were_received_with(tmp_path:
     assert target is not None
     assert target.power_kw == 250.0 and target.baseline_kw == 100.0
     assert target.notice_min == pytest.approx(14 * 60 + 1, abs=0.5)
+
+
+async def test_a_restarted_engine_shows_the_last_plan_until_it_plans_again(tmp_path: Path) -> None:
+    loaded = load_park(SMALL, MARKETS)
+    park = loaded.park
+    prices = PriceSource(seed=3)
+    horizon = day_horizon(DAY, loaded)
+    plan = plan_day(loaded, horizon, prices.on(horizon))
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=park.tz) + timedelta(hours=10)
+    store = Store(f"sqlite:///{tmp_path / 'engine.db'}")
+    store.migrate()
+
+    def engine() -> Engine:
+        clock = AcceleratedClock(start, 60.0)
+        options = EngineOptions(prices=prices, plan_today=False, plan_next_days=False, store=store)
+        return Engine(loaded, clock, build_adapters(park, clock, seed=2), options=options)
+
+    before = engine()
+    assert before.planner is not None
+    before.planner.commit(plan, DAY, day_ahead=True)
+    after = engine()
+    assert after.state.schedule is None and after.state.envelope is None
+    await after.run(duration_s=60)
+    store.close()
+
+    shown, planned = after.state.schedule, before.state.schedule
+    assert shown is not None and planned is not None
+    assert shown.start == planned.start and shown.status == planned.status
+    assert shown.park_kw == pytest.approx(planned.park_kw, abs=0.01)
+    assert shown.asset_kw.keys() == planned.asset_kw.keys()
+    assert after.state.envelope is not None and before.state.envelope is not None
+    assert after.state.envelope.max_kw == pytest.approx(before.state.envelope.max_kw)
+    assert after.state.prices is not None and before.state.prices is not None
+    assert after.state.prices.price_per_mwh == pytest.approx(before.state.prices.price_per_mwh)

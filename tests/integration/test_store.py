@@ -11,7 +11,7 @@ import pytest
 
 from tests.postgres import postgres_reachable, private_schema
 from vpp.domain import Award, DrEvent, Interval, Measurement, Setpoint, SetpointAck
-from vpp.store import MIGRATIONS, StorageError, Store
+from vpp.store import MIGRATIONS, StorageError, Store, StoredSchedule
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +131,8 @@ def test_schedules_and_bids(store: Store) -> None:
     first = store.save_schedule(T0, T0, timedelta(minutes=15), "optimal", 12.5, {"rows": [1, 2]})
     second = store.save_schedule(T0, T0, timedelta(minutes=15), "optimal", 11.0, {"rows": [3]})
     assert second > first
-    assert store.latest_schedule() == (T0, "optimal", {"rows": [3]})
+    latest = store.latest_schedule()
+    assert latest == StoredSchedule(T0, T0, timedelta(minutes=15), "optimal", 11.0, {"rows": [3]})
     assert store.save_bids(T0, "spot", "2026-07-16", {"curves": []}) >= 1
 
 

@@ -13,6 +13,7 @@ assets whose telemetry goes stale are driven to their fallback (hold, release or
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import math
@@ -50,6 +51,7 @@ FloatArray = npt.NDArray[np.float64]
 
 _FALLBACK_CODE = {FallbackMode.HOLD: 0, FallbackMode.RELEASE: 1, FallbackMode.SAFE: 2}
 _FALLBACK_OF_CODE = {code: mode for mode, code in _FALLBACK_CODE.items()}
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # k * _GOLDEN mod 1 spreads any run of k evenly
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class ControlOptions:
     follow_tolerance_fraction: float = 0.05
     follow_tolerance_kw: float = 1.0
     deadband_fraction: float = 0.002
+    fleet_deadband_fraction: float = 0.0
     probation_s: float = 60.0
     cap_memory_s: float = 30.0
     max_hold_s: float = 60.0
@@ -79,6 +82,8 @@ class ControlOptions:
             raise ValueError("ControlOptions: send_timeout_s and max_in_flight must be positive")
         if not 0.0 <= self.integral_gain < 1.0:
             raise ValueError("ControlOptions: integral_gain must lie in [0, 1)")
+        if not 0.0 <= self.fleet_deadband_fraction < 1.0:
+            raise ValueError("ControlOptions: fleet_deadband_fraction must lie in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +145,24 @@ class _Outbox:
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter
         self.pending: dict[int, tuple[_Batch, float]] = {}
+        # The assets of `pending` in the order they were first queued: taking the oldest
+        # from a dict (`next(iter(...))` then `pop`) costs a scan over the slots emptied
+        # before it, quadratic over the tens of thousands one step commands.
+        self._order: collections.deque[int] = collections.deque()
         self.wake = asyncio.Event()
         self.busy = 0
+
+    def put(self, index: int, batch: _Batch, power_kw: float) -> None:
+        """Queue a setpoint, replacing one of the asset's not sent yet (keeping its place)."""
+        if index not in self.pending:
+            self._order.append(index)
+        self.pending[index] = (batch, power_kw)
+
+    def take(self) -> tuple[int, _Batch, float]:
+        """The setpoint queued longest ago (the outbox must not be empty)."""
+        index = self._order.popleft()
+        batch, power_kw = self.pending.pop(index)
+        return index, batch, power_kw
 
 
 class Controller:
@@ -180,6 +201,16 @@ class Controller:
             opts.follow_tolerance_kw, opts.follow_tolerance_fraction * span
         )
         self._deadband = np.maximum(0.01, opts.deadband_fraction * span)
+        self._fleet_deadband_kw = opts.fleet_deadband_fraction * float(np.sum(span))
+        # An unchanged setpoint is refreshed from half its validity on. Assets are spread
+        # over the time left before it must leave (a period to be queued, one to be sent and
+        # the send timeout before it expires), so that the thousands commanded by one step
+        # are not all refreshed again in one later cycle.
+        latest_s = self.validity_s - 2 * self.period_s - opts.send_timeout_s
+        spread = np.modf(np.arange(n) * _GOLDEN)[0]
+        self._refresh_after_s = self.resend_after_s + spread * max(
+            latest_s - self.resend_after_s, 0.0
+        )
         costs = opts.costs or {}
         self._cost = np.array([costs.get(a.id, enrolled_cost(a)) for a in assets])
         self._fallback = np.array(
@@ -253,6 +284,7 @@ class Controller:
         self._cycle = 0
         self._bias_kw = 0.0
         self._settle = 0
+        self._measured_before = np.zeros(n, dtype=np.bool_)  # fresh mask of the last dispatch
         self._saturated = False
         self._last_target_kw: float | None = None
         self._idle = asyncio.Event()
@@ -595,10 +627,16 @@ class Controller:
         expected = float(np.sum(reference[controllable]) + np.sum(power[uncontrolled]))
 
         # Integral term for what feed-forward cannot see (assets delivering a little short),
-        # paused while a step, a degradation or a re-admission works its way through.
+        # paused while a step, a degradation or a re-admission works its way through. Assets
+        # entering or leaving the measured sum (telemetry gone stale or back) make the
+        # measured power jump by what they draw: as large a jump counts as a step.
         previous = self._last_target_kw
-        step = previous is None or abs(target.power_kw - previous) > 1.0 + 0.005 * abs(previous)
-        if step or transitions:
+        step_kw = 1.0 + 0.005 * abs(previous or 0.0)
+        step = previous is None or abs(target.power_kw - previous) > step_kw
+        regrouped = fresh != self._measured_before
+        self._measured_before = fresh.copy()
+        jump_kw = float(np.nansum(np.abs(power[regrouped])))
+        if step or transitions or jump_kw > step_kw:
             self._settle = self.options.settle_cycles
         if self._settle > 0:
             self._settle -= 1
@@ -630,15 +668,41 @@ class Controller:
         new = np.where(free, self._pv_free_kw[idx], new)
         sent = self._sent_kw[idx]
         with np.errstate(invalid="ignore"):
-            due = (
+            moved = np.abs(new - sent)
+            renew = (
                 np.isnan(sent)
-                | (np.abs(new - sent) > deadband)
-                | (t - self._sent_at[idx] >= self.resend_after_s)
+                | (t - self._sent_at[idx] >= self._refresh_after_s[idx])
                 | (self._valid_until[idx] <= t)
             )
+            changed = ~renew & (moved > deadband)
+        due = renew | self._worth_sending(moved, changed, ~renew)
         chosen = idx[due]
         self._queue(chosen, new[due], now, t)
         return change, result.allocated_kw, result.saturated, int(chosen.size)
+
+    def _worth_sending(
+        self,
+        moved: FloatArray,
+        changed: npt.NDArray[np.bool_],
+        optional: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.bool_]:
+        """Which `changed` setpoints (moved beyond their asset's deadband) to send.
+
+        Without a fleet deadband, all of them. With one, the smallest changes are held back
+        as long as every change not sent (`optional` ones within their own deadband too)
+        adds up to no more than it: a fleet of thousands then does not re-send every asset
+        for a correction a few of them can make, and what is held back can miss the
+        allocation by at most `fleet_deadband_fraction` of the fleet's span.
+        """
+        budget = self._fleet_deadband_kw - float(np.sum(moved[optional & ~changed]))
+        if budget <= 0.0 or not changed.any():
+            return changed
+        where = np.flatnonzero(changed)
+        order = np.argsort(moved[where], kind="stable")
+        held = int(np.searchsorted(np.cumsum(moved[where][order]), budget, side="right"))
+        worth = changed.copy()
+        worth[where[order[:held]]] = False
+        return worth
 
     def _fallbacks(self, t: float, now: datetime, stale: npt.NDArray[np.bool_]) -> tuple[int, int]:
         """Drive assets with stale telemetry to their fallback; returns (in fallback, queued)."""
@@ -652,7 +716,7 @@ class Controller:
         # Their live limits are unknown: only the static range applies.
         self._low = np.where(candidates, self.model.static_lower_kw, self._low)
         self._high = np.where(candidates, self.model.static_upper_kw, self._high)
-        due = (t - self._sent_at >= self.resend_after_s) | (self._valid_until <= t)
+        due = (t - self._sent_at >= self._refresh_after_s) | (self._valid_until <= t)
         hold = (
             candidates
             & (self._fallback == _FALLBACK_CODE[FallbackMode.HOLD])
@@ -683,7 +747,7 @@ class Controller:
         route = self._route_list
         outboxes = self._outboxes
         for i, value in zip(indices.tolist(), values.tolist(), strict=True):
-            outboxes[route[i]].pending[i] = (batch, value)
+            outboxes[route[i]].put(i, batch, value)
         for k in np.unique(self._route[indices]).tolist():
             outboxes[k].wake.set()
 
@@ -704,8 +768,7 @@ class Controller:
             while not outbox.pending:
                 outbox.wake.clear()
                 await outbox.wake.wait()
-            index = next(iter(outbox.pending))
-            batch, power_kw = outbox.pending.pop(index)
+            index, batch, power_kw = outbox.take()
             setpoint = Setpoint(
                 self.asset_ids[index],
                 power_kw,

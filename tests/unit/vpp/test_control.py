@@ -353,6 +353,31 @@ async def test_stale_telemetry_drives_each_asset_to_its_fallback() -> None:
         assert r.plant.devices["b1"].power_kw == pytest.approx(100.0)
 
 
+async def test_telemetry_going_stale_or_coming_back_does_not_wind_up_the_integral() -> None:
+    # Three of ten batteries stop reporting, then report again: the measured sum jumps by
+    # their 90 kW each time. Devices move half-way to their setpoint per period, so the
+    # others need a few cycles to take over; that lag is no shortfall to integrate.
+    silent = ("b00", "b01", "b02")
+    async with rig(BATTERIES[:10], response=0.5, telemetry_stale_s=5) as r:
+        await r.override(300.0)
+        await r.cycles(15)
+        jump_kw = sum(r.plant.devices[aid].power_kw for aid in silent)
+        assert jump_kw == pytest.approx(90.0, abs=5.0)
+        for aid in silent:
+            r.plant.devices[aid].reports = False
+        outage = [rep.measured_kw - 300.0 for rep in await r.cycles(16)]
+        assert min(outage) < -0.9 * jump_kw  # they did drop out of the sum at once
+        for aid in silent:
+            r.plant.devices[aid].reports = True
+        back = [rep.measured_kw - 300.0 for rep in await r.cycles(16)]
+        assert max(back) > 0.9 * jump_kw
+        # Before, the integral took the lag for a shortfall: +17 kW after the outage, -16 kW
+        # after the return, each unwinding over ten cycles and more.
+        assert max(outage) < 0.05 * jump_kw, outage
+        assert min(back) > -0.05 * jump_kw, back
+        assert abs(outage[-1]) < 3.0 and abs(back[-1]) < 3.0
+
+
 async def test_expired_setpoints_are_dropped_never_sent_late() -> None:
     options = ControlOptions(max_in_flight_per_adapter=1, send_timeout_s=30)
     async with rig(BATTERIES[:3], options=options, setpoint_validity_s=3) as r:

@@ -2,7 +2,7 @@
 
 Used by tests, demos and benchmarks as the far end of `adapters.mqtt`: it publishes a retained
 `online` status with an `offline` last will, telemetry per device (`.../telemetry`) or one batch
-per gateway (`.../batch`), and answers setpoints on `.../set` with acks (to the MQTT 5 response
+per gateway (`.../batch`) every period from its `phase_s` on, and answers setpoints on `.../set` with acks (to the MQTT 5 response
 topic, else the payload's `reply_to`, else `.../ack`). With `set_batch` (the default) its status
 says it takes batched setpoints, and it answers a batch with one batched ack. Acks are
 published without waiting for the broker's PUBACK of the previous one. The physics is any
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -38,7 +38,7 @@ from adapters.mqtt import (
     publish_nowait,
     topic,
 )
-from adapters.sim import SimOptions, Site, make_model
+from adapters.sim import SimModel, SimOptions, Site, make_model
 from vpp.clock import Clock, SystemClock
 from vpp.config.schema import Park
 from vpp.domain import Measurement, Setpoint, SetpointAck
@@ -80,6 +80,8 @@ class MqttDeviceEmulator:
     endpoint topic. `refuse` may return a reason to refuse a setpoint; `answer=False` makes the
     device swallow setpoints without acking (to test timeouts); `set_batch=False` makes it a
     device that knows only the single setpoint form (it does not announce the batched one).
+    `phase_s` delays the first telemetry message: the gateways of a site do not all report
+    at the same instant, and many emulators started together should not either.
     """
 
     def __init__(
@@ -103,7 +105,12 @@ class MqttDeviceEmulator:
         answer: bool = True,
         client_id: str | None = None,
         set_batch: bool = True,
+        phase_s: float = 0.0,
     ) -> None:
+        if not phase_s >= 0.0:
+            raise ValueError(
+                f"MqttDeviceEmulator {endpoint_id}: phase_s must be >= 0, not {phase_s}"
+            )
         self.host = host
         self.port = port
         self.prefix = prefix
@@ -121,6 +128,8 @@ class MqttDeviceEmulator:
         self.refuse = refuse
         self.answer = answer
         self.set_batch = set_batch
+        self.phase_s = phase_s
+        self._steppers = _steppers(self.devices.values())
         self.client_id = client_id or f"dev-{enterprise_id}-{endpoint_id}"
         self.stats = EmulatorStats()
         self.connected = asyncio.Event()
@@ -189,11 +198,9 @@ class MqttDeviceEmulator:
         now = self.clock.now()
         dt_s = 0.0 if self._last_step is None else (now - self._last_step).total_seconds()
         self._last_step = now
-        readings = []
-        for device_id, model in self.devices.items():
-            model.step(now, dt_s)
-            readings.append((device_id, model.measure(now)))
-        return readings
+        for step_all, models in self._steppers:
+            step_all(models, now, dt_s)
+        return [(device_id, model.measure(now)) for device_id, model in self.devices.items()]
 
     async def publish_once(self) -> int:
         """Publish one period's telemetry now; returns the number of messages."""
@@ -215,6 +222,8 @@ class MqttDeviceEmulator:
         return len(readings)
 
     async def _telemetry_loop(self, client: aiomqtt.Client) -> None:
+        if self.phase_s > 0:
+            await self.clock.sleep(self.phase_s)
         while True:
             await self.publish_once()
             await self.clock.sleep(self.period_s)
@@ -296,6 +305,31 @@ class MqttDeviceEmulator:
             return command.reply_to, None
         endpoint = str(message.topic.value).split("/")[-2]
         return self._topic(ACK, endpoint), None
+
+
+Stepper = Callable[[Sequence[Any], datetime, float], None]
+
+
+def _steppers(models: Iterable[DeviceModel]) -> list[tuple[Stepper, list[DeviceModel]]]:
+    """How to step `models`: simulator models in one `step_all` per class and site (which
+    computes what they share, such as the sun, once), any other model on its own."""
+    groups: dict[tuple[type, int], list[DeviceModel]] = {}
+    steppers: list[tuple[Stepper, list[DeviceModel]]] = []
+    for model in models:
+        if isinstance(model, SimModel):
+            key = (type(model), id(model.site))
+            if key not in groups:
+                groups[key] = []
+                steppers.append((type(model).step_all, groups[key]))
+            groups[key].append(model)
+        else:
+            steppers.append((_step_one, [model]))
+    return steppers
+
+
+def _step_one(models: Sequence[DeviceModel], now: datetime, dt_s: float) -> None:
+    for model in models:
+        model.step(now, dt_s)
 
 
 def sim_models(park: Park, asset_ids: Mapping[str, str], seed: int = 0) -> dict[str, DeviceModel]:

@@ -3,14 +3,17 @@
     python bench/dispatch.py --assets 1000          # synthetic park of 1,000 assets
     python bench/dispatch.py --config config/park.yaml
     python bench/dispatch.py --suite                # the standard set `make bench` runs
+    python bench/dispatch.py --assets 1000 --dask   # parts as Dask actors (local cluster)
 
 Each line: assets, intervals, wall_s (forecast + problem + solve), highs_s, model_s
 (model generation), objective, bound (the solve's own proven lower bound, when it has one),
 reference_objective (the monolithic Pyomo model's LP relaxation, a lower bound on the optimum
 computed the straightforward way, up to `--reference-max` assets), gap_percent (objective
 against the best of the two), resolve_s (a second solve at new prices on the kept models),
-resolve_ratio, and load_average (the machine's 1-minute load when the run started: the cores
-are shared).
+resolve_ratio, fanout ("threads", or "dask" with `--dask`: the parts are solved by Dask actors
+on a local cluster of `--workers` worker processes, one thread each, started before the clock
+runs) and load_average (the machine's 1-minute load when the run started: the cores are
+shared).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,12 +41,21 @@ from market.prices import synthetic_prices  # noqa: E402
 from vpp.config.loader import load_park  # noqa: E402
 from vpp.config.schema import Park  # noqa: E402
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 SUITE = (100, 1000, 10_000)
 REFERENCE_MAX_ASSETS = 1000
 
 
 def run(
-    park: Park, *, seed: int, reference_max: int, options: SolveOptions, label: str
+    park: Park,
+    *,
+    seed: int,
+    reference_max: int,
+    options: SolveOptions,
+    label: str,
+    client: Client | None = None,
 ) -> dict[str, Any]:
     horizon = day_horizon(park)
     prices = synthetic_prices(horizon, seed=seed)
@@ -57,7 +69,7 @@ def run(
     many = options.method is Method.DECOMPOSED or (
         options.method is Method.AUTO and n > options.decompose_above_assets
     )
-    decomposed = Decomposed(problem, options) if many else None
+    decomposed = Decomposed(problem, options, client=client) if many else None
     if decomposed is not None and len(decomposed.parts) > 1:
         result = decomposed.solve()
     else:
@@ -69,6 +81,7 @@ def run(
         "scenario": label,
         "load_average": round(load_average, 2),
         "workers": options.workers,
+        "fanout": "threads" if client is None else "dask",
         "runs_as_bounds": options.runs_as_bounds,
         "assets": n,
         "intervals": horizon.intervals,
@@ -93,6 +106,8 @@ def run(
     else:
         solve_monolithic(problem.with_prices(new_prices), options)
     resolve_s = time.perf_counter() - t0
+    if decomposed is not None:
+        decomposed.close()
     line["resolve_s"] = round(resolve_s, 3)
     line["resolve_ratio"] = round(resolve_s / max(result.stats.wall_s, 1e-9), 3)
     line["reference_objective"] = None
@@ -127,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=SolveOptions().workers)
     parser.add_argument(
+        "--dask",
+        action="store_true",
+        help="solve the parts as Dask actors on a local cluster of --workers processes",
+    )
+    parser.add_argument(
         "--bounds-runs",
         action="store_true",
         help="rounded solves impose curtailment runs by bounds on the LP (faster, looser)",
@@ -158,6 +178,29 @@ def main(argv: list[str] | None = None) -> int:
         runs.append((scenario(args.assets, args.seed), f"synthetic-{args.assets}"))
     else:
         parser.error("give --assets N, --config PARK.yaml or --suite")
+    if args.dask:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        with cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
+            _run_all(runs, args, options, client)
+    else:
+        _run_all(runs, args, options, None)
+    return 0
+
+
+def _run_all(
+    runs: list[tuple[Park, str]],
+    args: argparse.Namespace,
+    options: SolveOptions,
+    client: Client | None,
+) -> None:
     for park, label in runs:
         assets = sum(len(e.assets) for e in park.enterprises)
         one_model = options.method is Method.MONOLITHIC or (
@@ -167,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.time_limit is None and one_model:
             chosen = replace(options, time_limit_s=20.0)
         line = run(
-            park, seed=args.seed, reference_max=args.reference_max, options=chosen, label=label
+            park,
+            seed=args.seed,
+            reference_max=args.reference_max,
+            options=chosen,
+            label=label,
+            client=client,
         )
         print(json.dumps(line), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import highspy
 import numpy as np
 
+from dispatch.fanout import DaskParts, Parts, ThreadParts, dask_client
 from dispatch.problem import (
     BatteryBlock,
     BoolArray,
@@ -44,6 +45,9 @@ from dispatch.solve import (
     Violation,
     ViolationKind,
 )
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 INF = highspy.kHighsInf
 
@@ -1502,40 +1506,228 @@ def enterprise_groups(problem: DispatchProblem, assets_per_group: int) -> list[I
     return groups
 
 
-@dataclass(slots=True)
-class Part:
-    """One sub-problem: whole enterprises, with the park's net power in its own column."""
+@dataclass(frozen=True, slots=True)
+class PartPlan:
+    """What sharing the park limit needs of a part's last plan (small: it may cross the
+    network)."""
 
-    problem: DispatchProblem
-    rows: IntArray  # rows of its assets in the full problem's schedule
-    low_kw: FloatArray  # loosest net power per interval
-    high_kw: FloatArray
-    model: Rounded | None = None
-    outcome: Run | None = None  # its physical plan
-    relaxed_objective: float = float("nan")  # of its last relaxation, alone
-
-    @property
-    def net_kw(self) -> FloatArray:
-        assert self.outcome is not None
-        return np.asarray(self.outcome.x[self.outcome.built.net_cols])
+    has_solution: bool
+    termination: Termination
+    objective: float  # of the physical plan, its net power unpriced
+    net_kw: FloatArray  # the part's net power per interval
+    relaxed_objective: float  # of its last relaxation (-inf: none)
+    solver_s: float  # HiGHS seconds of the call that returned this plan
+    build_s: float = 0.0  # model generation seconds of that call
 
 
-class Decomposed:
-    """A large problem as sub-problems of whole enterprises, coupled only by the park limits.
+@dataclass(frozen=True, slots=True)
+class PartReport:
+    """A part's plan as the park's result takes it (`power_kw` rows follow its assets)."""
 
-    Each part is a `Rounded` model: its relaxation is solved alone, allowed the whole park
-    limit, and rounded to a physical plan. If the parts together keep within the limit, their
-    plans stand and the relaxations' optima add up to a lower bound. Otherwise the park limit
-    is shared out in the intervals where it binds — a part's share is its own plan plus a
-    slice of the excess (or spare) in proportion to how far it can move — and the parts are
-    solved again from their previous basis (see `_coordinate`). The models are kept, so a
-    re-solve at new prices only changes costs (`resolve`). Parts are solved on
-    `options.workers` threads (HiGHS releases the interpreter while it runs).
+    power_kw: FloatArray | None  # None without a plan
+    soc_kwh: dict[str, FloatArray]
+    temperature_c: dict[str, FloatArray]
+    violations: tuple[Violation, ...]
+    objective: float
+    termination: Termination
+    variables: int
+    constraints: int
+    integer_variables: int
+
+
+class PartModel:
+    """One part's model and its last plan, kept where they were built (a thread of this
+    process or a Dask worker) across the coordination passes and the re-solves at new prices.
+
+    Each method is one step of `Decomposed` for this part. Arguments and results are small
+    and picklable; `deadline` is wall-clock time (`time.time()`), so a part on another
+    machine stops when the park's solve must (the machines' clocks kept in step by NTP).
     """
 
     def __init__(self, problem: DispatchProblem, options: SolveOptions) -> None:
         self.problem = problem
         self.options = options
+        self._model: Rounded | None = None
+        self._outcome: Run | None = None
+        self._relaxed_objective = float("nan")
+
+    def first(self, deadline: float) -> PartPlan:
+        """Build the model and plan alone, allowed the whole park limit."""
+        built = build(self.problem, net_column=True, runs_as_bounds=self.options.runs_as_bounds)
+        self._model = Rounded(built, self.options)
+        self._relax_and_round(deadline)
+        return self._plan(self.outcome.solver_s, built.build_s)
+
+    def again(
+        self,
+        price_per_mwh: FloatArray,
+        export_price_per_mwh: FloatArray | None,
+        lower: FloatArray,
+        upper: FloatArray,
+        deadline: float,
+    ) -> PartPlan:
+        """Plan again at new prices within net-power bounds, from the last basis."""
+        self.problem = self.problem.with_prices(price_per_mwh, export_price_per_mwh)
+        model = self.model
+        reprice(model.built, model.highs, self.problem)
+        self._set_net_bounds(lower, upper)
+        self._relax_and_round(deadline)
+        return self._plan(self.outcome.solver_s)
+
+    def within(self, lower: FloatArray, upper: FloatArray, deadline: float) -> PartPlan:
+        """Plan within a share of the park limits (net-power bounds), from the last basis,
+        with its binaries and runs as they are; if that has no plan, round its relaxation
+        within the share. A plan that fits its share stands: still the best it can do."""
+        outcome, model = self.outcome, self.model
+        net = self.net_kw()
+        self._set_net_bounds(lower, upper)
+        if np.all(net <= upper + 1e-9) and np.all(net >= lower - 1e-9) and outcome.has_solution:
+            return self._plan(0.0)
+        set_time_limit(model.highs, _perf_deadline(deadline))
+        rerun = model.again()
+        seconds = rerun.solver_s
+        if not rerun.has_solution:
+            relaxed = model.relax()
+            rerun = model.physical(relaxed) if relaxed.has_solution else relaxed
+            seconds += rerun.solver_s
+        self._outcome = rerun
+        return self._plan(seconds)
+
+    def priced(self, lower: FloatArray, upper: FloatArray, deadline: float) -> PartPlan:
+        """Plan its relaxation (net power as priced) within net-power bounds and round it."""
+        self._set_net_bounds(lower, upper)
+        self._relax_and_round(deadline)
+        return self._plan(self.outcome.solver_s)
+
+    def price_net(self, mu: FloatArray) -> None:
+        """Cost the net power at `mu` per kW·interval."""
+        cols = self.model.built.net_cols.astype(np.int32)
+        self.model.highs.changeColsCost(cols.size, cols, mu)
+
+    def unprice(self, mu: FloatArray) -> PartPlan:
+        """Drop the price `mu` on net power, from the model and from its plan's objective."""
+        self.price_net(np.zeros(self.problem.intervals))
+        outcome = self.outcome
+        if outcome.has_solution:
+            outcome.objective -= float(mu @ self.net_kw())
+        return self._plan(0.0)
+
+    def net_kw(self) -> FloatArray:
+        return np.asarray(self.outcome.x[self.outcome.built.net_cols])
+
+    def net_duals(self) -> FloatArray:
+        """Reduced costs of the net-power column in the last solve."""
+        reduced = np.asarray(self.model.highs.getSolution().col_dual)
+        return np.asarray(reduced[self.model.built.net_cols])
+
+    def report(self) -> PartReport:
+        outcome = self.outcome
+        built = outcome.built
+        lp = built.lp
+        power: FloatArray | None = None
+        soc: dict[str, FloatArray] = {}
+        temp: dict[str, FloatArray] = {}
+        soft: tuple[Violation, ...] = ()
+        if outcome.has_solution:
+            schedule = schedule_of(built, outcome.x)
+            power = schedule.power_kw
+            soc, temp = dict(schedule.soc_kwh), dict(schedule.temperature_c)
+            soft = tuple(violations(built.soft, outcome.x))
+        return PartReport(
+            power,
+            soc,
+            temp,
+            soft,
+            outcome.objective,
+            outcome.termination,
+            lp.n,
+            lp.m,
+            int(_cat(lp.integer).sum()),
+        )
+
+    @property
+    def model(self) -> Rounded:
+        if self._model is None:
+            raise RuntimeError("PartModel: call first() before anything else")
+        return self._model
+
+    @property
+    def outcome(self) -> Run:
+        if self._outcome is None:
+            raise RuntimeError("PartModel: call first() before anything else")
+        return self._outcome
+
+    def _relax_and_round(self, deadline: float) -> None:
+        model = self.model
+        set_time_limit(model.highs, _perf_deadline(deadline))
+        relaxed = model.relax()
+        self._relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
+        self._outcome = model.physical(relaxed) if relaxed.has_solution else relaxed
+
+    def _set_net_bounds(self, lower: FloatArray, upper: FloatArray) -> None:
+        """Set the part's share of the park limits (bounds of its net power column)."""
+        cols = self.model.built.net_cols.astype(np.int32)
+        self.model.highs.changeColsBounds(cols.size, cols, lower, upper)
+
+    def _plan(self, solver_s: float, build_s: float = 0.0) -> PartPlan:
+        outcome = self.outcome
+        net = self.net_kw() if outcome.has_solution else np.zeros(self.problem.intervals)
+        return PartPlan(
+            outcome.has_solution,
+            outcome.termination,
+            outcome.objective,
+            net,
+            self._relaxed_objective,
+            solver_s,
+            build_s,
+        )
+
+
+def _perf_deadline(deadline: float) -> float:
+    """A wall-clock deadline as a `time.perf_counter` value, which HiGHS limits are set by."""
+    return time.perf_counter() + (deadline - time.time())
+
+
+@dataclass(slots=True)
+class Part:
+    """One sub-problem as the coordination sees it: whole enterprises, with the park's net
+    power in its own column; its model lives in the fan-out (`PartModel`)."""
+
+    problem: DispatchProblem
+    rows: IntArray  # rows of its assets in the full problem's schedule
+    low_kw: FloatArray  # loosest net power per interval
+    high_kw: FloatArray
+    plan: PartPlan | None = None  # its last plan
+
+    @property
+    def net_kw(self) -> FloatArray:
+        assert self.plan is not None
+        return self.plan.net_kw
+
+
+class Decomposed:
+    """A large problem as sub-problems of whole enterprises, coupled only by the park limits.
+
+    Each part is a `Rounded` model (in a `PartModel`): its relaxation is solved alone,
+    allowed the whole park limit, and rounded to a physical plan. If the parts together keep
+    within the limit, their plans stand and the relaxations' optima add up to a lower bound.
+    Otherwise the park limit is shared out in the intervals where it binds — a part's share is
+    its own plan plus a slice of the excess (or spare) in proportion to how far it can move —
+    and the parts are solved again from their previous basis (see `_coordinate`). The models
+    are kept, so a re-solve at new prices only changes costs (`resolve`).
+
+    The models live in a fan-out (`dispatch.fanout`): on `options.workers` threads here (HiGHS
+    releases the interpreter while it runs), or, with `options.dask_scheduler` or a `client`,
+    as Dask actors on the cluster's workers. Either way the same steps run on the same models,
+    so the plans are the same. `close()` lets the models go.
+    """
+
+    def __init__(
+        self, problem: DispatchProblem, options: SolveOptions, *, client: Client | None = None
+    ) -> None:
+        self.problem = problem
+        self.options = options
+        self.client = client
         row_of = {a: i for i, a in enumerate(problem.asset_ids)}
         low, high = power_range_kw(problem)
         ent = problem.asset_enterprise_index
@@ -1551,59 +1743,72 @@ class Decomposed:
         self.shared = False  # whether the last solve had to share the park limit out
         self.bound: float | None = None  # a lower bound on the optimum, from the last solve
         self.mu: FloatArray | None = None  # the park limit's price, when it last bound
-        # Each part's model solves on one thread; parts spread over `options.workers`.
+        # Each part's model solves on one thread; parts spread over the fan-out.
         self._part_options = replace(options, threads=1)
+        self._models: Parts[PartModel] | None = None  # made by `solve`
 
-    def _each(self, work: Callable[[Part], float]) -> float:
-        """Apply `work` to every part (on `options.workers` threads); the summed seconds."""
-        if self.options.workers <= 1 or len(self.parts) == 1:
-            return float(sum(work(part) for part in self.parts))
-        with ThreadPoolExecutor(self.options.workers) as pool:
-            return float(sum(pool.map(work, self.parts)))
+    def close(self) -> None:
+        """Let the parts' models go (on a Dask cluster: release the actors)."""
+        if self._models is not None:
+            self._models.close()
+            self._models = None
+
+    def _start_models(self) -> Parts[PartModel]:
+        self.close()
+        made = [(part.problem, self._part_options) for part in self.parts]
+        client = self.client
+        if client is None and self.options.dask_scheduler is not None:
+            client = dask_client(self.options.dask_scheduler)
+        if client is not None:
+            return DaskParts(client, PartModel, made)
+        return ThreadParts([PartModel(*args) for args in made], self.options.workers)
+
+    def _each(self, call: Callable[[int, PartModel], PartPlan]) -> list[PartPlan]:
+        """`call(k, model)` for every part k at once; keeps and returns their plans."""
+        assert self._models is not None
+        plans = self._models.each(call)
+        for part, plan in zip(self.parts, plans, strict=True):
+            part.plan = plan
+        return plans
 
     def solve(self) -> Result:
         started = time.perf_counter()
-        deadline = started + self.options.time_limit_s
-
-        def first(part: Part) -> float:
-            built = build(part.problem, net_column=True, runs_as_bounds=self.options.runs_as_bounds)
-            part.model = Rounded(built, self._part_options)
-            part.model.set_time_limit(deadline)
-            relaxed = part.model.relax()
-            part.relaxed_objective = relaxed.objective
-            part.outcome = part.model.physical(relaxed) if relaxed.has_solution else relaxed
-            return built.build_s
-
-        build_s = self._each(first)
-        return self._after_alone(started, deadline, build_s)
+        deadline = time.time() + self.options.time_limit_s
+        self._models = self._start_models()
+        plans = self._each(lambda _, model: model.first(deadline))
+        return self._after_alone(started, deadline, sum(plan.build_s for plan in plans))
 
     def _after_alone(self, started: float, deadline: float, build_s: float) -> Result:
-        solver_s = sum(part.outcome.solver_s for part in self.parts if part.outcome is not None)
-        for part in self.parts:
-            assert part.outcome is not None
-            if not part.outcome.has_solution:
-                return self._failed(part, started, build_s, solver_s)
+        solver_s = self._plans_solver_s()
+        for k, part in enumerate(self.parts):
+            assert part.plan is not None
+            if not part.plan.has_solution:
+                return self._failed(k, started, build_s, solver_s)
         # Alone, each part relaxes the park's problem: together they bound it from below.
-        self.bound = float(sum(part.relaxed_objective for part in self.parts))
+        self.bound = float(sum(self._relaxed_objectives()))
         return self._coordinate(started, deadline, build_s, solver_s)
 
-    def _failed(self, part: Part, started: float, build_s: float, solver_s: float) -> Result:
+    def _failed(self, k: int, started: float, build_s: float, solver_s: float) -> Result:
         """A part alone, allowed the whole park limit, has no schedule: the park has none
         either (infeasible: the part's own limits are at fault), or time ran out."""
-        assert part.outcome is not None
-        if part.outcome.termination is Termination.INFEASIBLE:
+        part = self.parts[k]
+        assert part.plan is not None
+        if part.plan.termination is Termination.INFEASIBLE:
             # The relaxation is infeasible: so is the part. Let the monolithic path say why.
             return solve_monolithic(part.problem, self.options)
-        return finish(
-            part.problem,
-            self.options,
-            part.outcome,
-            started,
-            build_s,
-            solver_s,
+        report = self._reports()[k]
+        stats = SolveStats(
+            wall_s=time.perf_counter() - started,
+            build_s=build_s,
+            solver_s=solver_s,
+            variables=report.variables,
+            constraints=report.constraints,
+            integer_variables=report.integer_variables,
             subproblems=len(self.parts),
             method="decomposed",
         )
+        status = _status(report.termination, False, proven=True)
+        return Result(status, report.termination, None, None, stats)
 
     def _whole(self, started: float) -> Result:
         """Shares that did not work out: solve the whole problem in the time that is left."""
@@ -1615,42 +1820,35 @@ class Decomposed:
     ) -> Result:
         """Solve again at new prices, from the kept models and their last basis."""
         started = time.perf_counter()
-        deadline = started + self.options.time_limit_s
+        deadline = time.time() + self.options.time_limit_s
         old_problem = self.problem
         self.problem = self.problem.with_prices(price_per_mwh, export_price_per_mwh)
         if self.problem.penalty_per_mwh != old_problem.penalty_per_mwh:
             # Penalties follow the largest price and sit in every part's costs: rebuild.
             self.parts = Decomposed(self.problem, self.options).parts
             return self.solve()
+        for part in self.parts:
+            part.problem = part.problem.with_prices(price_per_mwh, export_price_per_mwh)
         lower, upper = self._full_limits()
         # Where the park limit bound at the last prices, price it as it was priced then: the
         # Lagrangian relaxation at that price bounds the optimum, and its plans are the
         # starting point of the sharing, which spares the first two passes of `_coordinate`.
         mu = self.mu
 
-        def again(part: Part) -> float:
-            assert part.model is not None
-            part.problem = part.problem.with_prices(price_per_mwh, export_price_per_mwh)
-            model = part.model
-            reprice(model.built, model.highs, part.problem)
-            _set_net_bounds(part, lower, upper)
-            model.set_time_limit(deadline)
-            relaxed = model.relax()
-            part.relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
-            part.outcome = model.physical(relaxed) if relaxed.has_solution else relaxed
-            return 0.0
+        def again(_: int, model: PartModel) -> PartPlan:
+            return model.again(price_per_mwh, export_price_per_mwh, lower, upper, deadline)
 
         if mu is None:
             self._each(again)
             return self._after_alone(started, deadline, 0.0)
         self._price_net(mu)
         self._each(again)
-        solver_s = sum(part.outcome.solver_s for part in self.parts if part.outcome is not None)
-        for part in self.parts:
-            assert part.outcome is not None
-            if not part.outcome.has_solution:
+        solver_s = self._plans_solver_s()
+        for k, part in enumerate(self.parts):
+            assert part.plan is not None
+            if not part.plan.has_solution:
                 self._price_net(np.zeros(self.problem.intervals))
-                return self._failed(part, started, 0.0, solver_s)
+                return self._failed(k, started, 0.0, solver_s)
         self.bound = self._lagrangian(mu, lower, upper)
         self._unprice(mu)
         return self._coordinate(started, deadline, 0.0, solver_s, priced=True)
@@ -1702,7 +1900,7 @@ class Decomposed:
             # 3. the limit is shared out again, unpriced, and the parts solved within it.
             total = np.sum([part.net_kw for part in self.parts], axis=0)
             solver_s += self._solve_within(self._shares(total, lower, upper), deadline)
-        if any(part.outcome is None or not part.outcome.has_solution for part in self.parts):
+        if any(part.plan is None or not part.plan.has_solution for part in self.parts):
             return self._whole(started)
         total = np.sum([part.net_kw for part in self.parts], axis=0)
         if np.any(total > upper + tolerance) or np.any(total < lower - tolerance):
@@ -1710,74 +1908,46 @@ class Decomposed:
         return self._assemble(started, build_s, solver_s)
 
     def _solve_within(self, shares: list[tuple[FloatArray, FloatArray]], deadline: float) -> float:
-        """Re-solve every part within its share of the park limits, from its last basis,
-        with its binaries and runs as they are; if that has no plan, round its relaxation
-        within the share. Returns solver seconds."""
-        share_of = {id(part): share for part, share in zip(self.parts, shares, strict=True)}
-
-        def within(part: Part) -> float:
-            outcome, model = part.outcome, part.model
-            assert outcome is not None and model is not None
-            lo, hi = share_of[id(part)]
-            net = part.net_kw
-            _set_net_bounds(part, lo, hi)
-            if np.all(net <= hi + 1e-9) and np.all(net >= lo - 1e-9) and outcome.has_solution:
-                return 0.0  # its plan fits its share: still the best it can do within it
-            model.set_time_limit(deadline)
-            rerun = model.again()
-            seconds = rerun.solver_s
-            if not rerun.has_solution:
-                relaxed = model.relax()
-                rerun = model.physical(relaxed) if relaxed.has_solution else relaxed
-                seconds += rerun.solver_s
-            part.outcome = rerun
-            return seconds
-
-        return self._each(within)
+        """Re-solve every part within its share of the park limits (`PartModel.within`).
+        Returns solver seconds."""
+        plans = self._each(lambda k, model: model.within(*shares[k], deadline))
+        return float(sum(plan.solver_s for plan in plans))
 
     def _marginal_values(self) -> FloatArray:
         """Mean over the parts of the reduced cost of their net power column, sign flipped:
         > 0 where more import share would save money, < 0 where more export share would."""
-        duals = []
-        for part in self.parts:
-            assert part.model is not None
-            reduced = np.asarray(part.model.highs.getSolution().col_dual)
-            duals.append(reduced[part.model.built.net_cols])
+        assert self._models is not None
+        duals = self._models.each(lambda _, model: model.net_duals())
         return np.asarray(-np.mean(np.array(duals), axis=0))
 
     def _price_net(self, mu: FloatArray) -> None:
-        for part in self.parts:
-            assert part.model is not None
-            cols = part.model.built.net_cols.astype(np.int32)
-            part.model.highs.changeColsCost(cols.size, cols, mu)
+        assert self._models is not None
+        self._models.each(lambda _, model: model.price_net(mu))
 
     def _relaxed(self, lower: FloatArray, upper: FloatArray, deadline: float) -> float:
         """Solve every part's relaxation (its net power as priced) within the whole park
         limit and round it to a physical plan; the solver seconds."""
-
-        def priced(part: Part) -> float:
-            model = part.model
-            assert model is not None
-            _set_net_bounds(part, lower, upper)
-            model.set_time_limit(deadline)
-            relaxed = model.relax()
-            part.relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
-            part.outcome = model.physical(relaxed) if relaxed.has_solution else relaxed
-            return part.outcome.solver_s
-
-        return self._each(priced)
+        plans = self._each(lambda _, model: model.priced(lower, upper, deadline))
+        return float(sum(plan.solver_s for plan in plans))
 
     def _lagrangian(self, mu: FloatArray, lower: FloatArray, upper: FloatArray) -> float:
         """The Lagrangian bound of relaxations solved with the net power priced at `mu`."""
         limit = float(np.sum(np.maximum(mu, 0) * upper) - np.sum(np.maximum(-mu, 0) * lower))
-        return float(sum(part.relaxed_objective for part in self.parts)) - limit
+        return float(sum(self._relaxed_objectives())) - limit
 
     def _unprice(self, mu: FloatArray) -> None:
         """Drop the price on net power, from the models and from their plans' objectives."""
-        self._price_net(np.zeros(self.problem.intervals))
-        for part in self.parts:
-            if part.outcome is not None and part.outcome.has_solution:
-                part.outcome.objective -= float(mu @ part.net_kw)
+        self._each(lambda _, model: model.unprice(mu))
+
+    def _relaxed_objectives(self) -> list[float]:
+        return [part.plan.relaxed_objective for part in self.parts if part.plan is not None]
+
+    def _plans_solver_s(self) -> float:
+        return float(sum(part.plan.solver_s for part in self.parts if part.plan is not None))
+
+    def _reports(self) -> list[PartReport]:
+        assert self._models is not None
+        return self._models.each(lambda _, model: model.report())
 
     def _shares(
         self, total: FloatArray, lower: FloatArray, upper: FloatArray
@@ -1808,19 +1978,17 @@ class Decomposed:
         soft: list[Violation] = []
         objective = 0.0
         variables = constraints = integers = 0
-        for part in self.parts:
-            outcome = part.outcome
-            assert outcome is not None
-            sched = schedule_of(outcome.built, outcome.x)
-            power[part.rows] = sched.power_kw
-            soc.update(sched.soc_kwh)
-            temp.update(sched.temperature_c)
-            soft.extend(violations(outcome.built.soft, outcome.x))
-            objective += outcome.objective
-            lp = outcome.built.lp
-            variables += lp.n
-            constraints += lp.m
-            integers += int(_cat(lp.integer).sum())
+        reports = self._reports()
+        for part, report in zip(self.parts, reports, strict=True):
+            assert report.power_kw is not None
+            power[part.rows] = report.power_kw
+            soc.update(report.soc_kwh)
+            temp.update(report.temperature_c)
+            soft.extend(report.violations)
+            objective += report.objective
+            variables += report.variables
+            constraints += report.constraints
+            integers += report.integer_variables
         # Optimal when the plans are within the gap of the bound: then nothing was shared out
         # and each part nets its imports and exports the way the park would (same price).
         exact = not self.shared and bool(np.all(p.export_price_per_mwh == p.price_per_mwh))
@@ -1842,19 +2010,12 @@ class Decomposed:
         schedule = Schedule(p.asset_ids, p.horizon, power, soc, temp)
         diagnosis = Diagnosis(soft=tuple(soft)) if soft else None
         stopped = [
-            part.outcome.termination
-            for part in self.parts
-            if part.outcome is not None and part.outcome.termination is not Termination.OPTIMAL
+            report.termination
+            for report in reports
+            if report.termination is not Termination.OPTIMAL
         ]
         termination = stopped[0] if stopped else Termination.OPTIMAL
         return Result(status, termination, schedule, objective, stats, diagnosis)
-
-
-def _set_net_bounds(part: Part, lower: FloatArray, upper: FloatArray) -> None:
-    """Set a part's share of the park limits (bounds of its net power column)."""
-    assert part.model is not None
-    cols = part.model.built.net_cols
-    part.model.highs.changeColsBounds(cols.size, cols.astype(np.int32), lower, upper)
 
 
 def solve_decomposed(problem: DispatchProblem, options: SolveOptions) -> Result:
@@ -1864,4 +2025,7 @@ def solve_decomposed(problem: DispatchProblem, options: SolveOptions) -> Result:
     decomposed = Decomposed(problem, options)
     if len(decomposed.parts) == 1:
         return solve_monolithic(problem, options)
-    return decomposed.solve()
+    try:
+        return decomposed.solve()
+    finally:
+        decomposed.close()

@@ -67,6 +67,9 @@ class SolveOptions:
     diagnose: bool = True  # on infeasibility, find which limits make it so
     threads: int = 1  # HiGHS threads of one model
     workers: int = 2  # threads solving the parts of a decomposed problem at once
+    # A Dask scheduler ("tcp://host:8786"): the parts of a decomposed problem are then solved
+    # by Dask actors on its workers instead of on `workers` threads (see `dispatch.fanout`).
+    dask_scheduler: str | None = None
     # Rounded solves (decomposed parts, bid scenarios) round the relaxed binaries of
     # curtailment runs; with this, they impose runs by bounds on the linear relaxation instead:
     # about 5× faster on the synthetic parks, but the plans are further from the optimum
@@ -78,6 +81,7 @@ class SolveOptions:
         values: dict[str, object] = {
             "time_limit_s": settings.solver_time_limit_s,
             "mip_gap": settings.mip_gap,
+            "dask_scheduler": settings.dispatch_scheduler,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

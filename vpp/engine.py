@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from adapters.base import Adapter, ConnectionState
+from dispatch.fanout import close_dask_clients
 from dispatch.series import Horizon
 from market.settlement import credit
 from vpp.api import StateActions, TokenStore, create_app, serve
@@ -248,6 +249,8 @@ class Engine:
             pass
         finally:
             restore()
+            if self.park.engine.dispatch_scheduler is not None:
+                await asyncio.to_thread(close_dask_clients)
         self.fleet.update_gauges()
         controller = self.controller
         final = self._final or (

@@ -9,17 +9,19 @@ again for the next delivery day before its gate closes and whenever the API asks
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 import numpy as np
 
 from dispatch.bids import BidOptions, build_bid_curves, build_dr_offers
+from dispatch.fanout import FanOutError
 from dispatch.flexibility import ParkEnvelope, build_envelope, notice_of
 from dispatch.forecast import forecast_park
 from dispatch.problem import BuildOptions, build_problem
@@ -76,6 +78,7 @@ def plan_day(
     carbon_price_per_t: float = 0.0,
     with_bids: bool = True,
     bid_options: BidOptions | None = None,
+    local_dispatch: bool = False,
 ) -> DayPlan:
     """Forecast, schedule, envelope, bid curves and DR offers for one horizon (pure)."""
     park = loaded.park
@@ -87,6 +90,10 @@ def plan_day(
     options = BuildOptions(now=now, carbon_price_per_t=carbon_price_per_t)
     problem = build_problem(park, horizon, prices_per_mwh, forecast, states, options)
     solve_options = SolveOptions.from_engine(park.engine)
+    if (
+        local_dispatch
+    ):  # the parts on this process's threads, whatever engine.dispatch_scheduler says
+        solve_options = replace(solve_options, dask_scheduler=None)
     result = solve(problem, solve_options)
     timings["schedule_s"] = time.perf_counter() - step
     step = time.perf_counter()
@@ -227,7 +234,7 @@ class Planner:
             return None
         states = None if day_ahead else {s.asset_id: s for s in self.fleet.states()}
         started = time.perf_counter()
-        plan = await asyncio.to_thread(
+        plan_now = functools.partial(
             plan_day,
             self.loaded,
             horizon,
@@ -238,6 +245,13 @@ class Planner:
             with_bids=day_ahead,
             bid_options=self.bid_options,
         )
+        try:
+            plan = await asyncio.to_thread(plan_now)
+        except FanOutError as err:  # engine.dispatch_scheduler unreachable or lost a worker
+            # The plan is still needed: the parts are solved on this process's threads.
+            log.error("planning %s on the engine's own threads: %s", day, err)
+            self.metrics.fallback_schedules.labels("dispatch_cluster").inc()
+            plan = await asyncio.to_thread(plan_now, local_dispatch=True)
         self.metrics.solve_duration.labels("day_ahead" if day_ahead else "replan").observe(
             time.perf_counter() - started
         )

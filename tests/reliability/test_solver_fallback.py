@@ -116,3 +116,31 @@ async def test_a_solver_timeout_without_a_schedule_is_a_logged_and_counted_fallb
     assert lines == [f"plan for {DAY}: no_solution — no schedule, assets stay on local control"]
     # the solver stopped at its limit, not at the end of a full solve
     assert result.stats.solver_s < 5.0
+
+
+async def test_an_unreachable_dispatch_cluster_plans_on_the_engines_own_threads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A park large enough to decompose whose Dask scheduler does not answer: the plan is
+    made on the engine's threads, the error logged once and counted."""
+    from bench.reference import scenario
+
+    small = load_park(SMALL_PARK, MARKETS)
+    park = scenario(450, seed=2)  # above 400 assets: decomposed, so the cluster is asked
+    engine = park.engine.model_copy(
+        update={"dispatch_scheduler": "tcp://127.0.0.1:9", "solver_time_limit_s": 120.0}
+    )
+    loaded = dataclasses.replace(small, park=park.model_copy(update={"engine": engine}))
+    clock = ManualClock(NOW)
+    metrics = Metrics()
+    fleet = Fleet(loaded.park, clock, metrics=metrics)
+    state = EngineState(loaded.park, str(loaded.path))
+    planner = Planner(loaded, clock, fleet, TargetBook(), state, metrics, PriceSource(seed=3))
+    with caplog.at_level(logging.ERROR, logger="vpp.planner"):
+        plan = await planner.plan_and_commit(DAY, day_ahead=False)
+    assert plan is not None and plan.result.ok
+    assert plan.result.stats.method == "decomposed"
+    assert state.schedule is not None
+    assert sample(metrics, "vpp_schedule_fallbacks_total", reason="dispatch_cluster") == 1.0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "tcp://127.0.0.1:9" in errors[0]

@@ -677,6 +677,11 @@ class EngineSettings(Model):
     ocpp_heartbeat_s: int = Field(default=60, ge=5, le=86_400)
     storage_url: str = Field(default="sqlite:///vpp.db", pattern=r"^(sqlite|postgresql)://")
     ingest_queue_size: int = Field(default=100_000, ge=100, le=10_000_000)
+    # A Dask scheduler whose workers solve the parts of a decomposed dispatch (None: threads
+    # of the engine's own process). See docs/dispatch.md, "Fan-out".
+    dispatch_scheduler: str | None = Field(
+        default=None, pattern=r"^(tcp|tls|ws|wss)://([^\s:/\[\]]+|\[[0-9a-fA-F:]+\]):\d{1,5}$"
+    )
 
     @field_validator("storage_url")
     @classmethod
@@ -689,9 +694,11 @@ class EngineSettings(Model):
             )
         return value
 
-    @field_validator("listen", "ocpp_listen")
+    @field_validator("listen", "ocpp_listen", "dispatch_scheduler")
     @classmethod
-    def _port(cls, value: str) -> str:
+    def _port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         port = int(value.rsplit(":", 1)[1])
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is out of range")

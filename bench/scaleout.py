@@ -7,7 +7,8 @@ which 3 kW curtailable), each behind one gateway that publishes one batched tele
 message per period. On a private Mosquitto (MQTT 5):
 
 1. device emulator processes (`adapters.mqtt_device`, `--emulators` of them) step the
-   simulator's physics and answer setpoints;
+   simulator's physics and answer setpoints; each gateway reports at its own phase within
+   the telemetry period, as real gateways do;
 2. shard processes (`vpp shard --map`, a static map that balances assets) each run an Engine
    with the MQTT adapter for their enterprises and the control loop following their share;
 3. the coordinator process (`vpp coordinator --steps`) waits until every shard has fresh
@@ -21,7 +22,9 @@ step the park tracking error at the step's end and the time to settle within 5 %
 step (as seen by the coordinator from the shards' reports). The load average of the
 machine is recorded at the start and the end: other work on the machine slows every figure.
 
+The control period is the telemetry period unless `--control-period` says otherwise.
 `--suite` runs the standard set: 3 shards and 1 process at 3,000 and at 30,000 devices.
+`--profile DIR` runs every process under cProfile and writes `DIR/<process>.prof`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ DEVICES_PER_ENTERPRISE = 100
 BATTERIES = 70
 BATTERY_KW = 10.0
 LOAD_KW = 10.0
+GOLDEN = (5**0.5 - 1) / 2
 BROKER_CONFIG = (
     "max_queued_messages 100000",
     "max_inflight_messages 1000",
@@ -60,7 +64,9 @@ BROKER_CONFIG = (
 )
 
 
-def park_spec(devices: int, port: int, telemetry_period_s: float) -> dict[str, Any]:
+def park_spec(
+    devices: int, port: int, telemetry_period_s: float, control_period_s: float = 2.0
+) -> dict[str, Any]:
     """A park of `devices` (a multiple of 100) devices, one gateway per enterprise."""
     enterprises = []
     for e in range(max(devices // DEVICES_PER_ENTERPRISE, 1)):
@@ -111,7 +117,7 @@ def park_spec(devices: int, port: int, telemetry_period_s: float) -> dict[str, A
         "grid_import_limit_kw": 500_000,
         "market": {"rule_set": "cn_provincial_spot"},
         "engine": {
-            "control_period_s": 2.0,
+            "control_period_s": control_period_s,
             # Long validity: a setpoint is re-sent every validity / 2 even when unchanged, and
             # 30,000 re-sends every 5 s would be most of the work on this machine.
             "setpoint_validity_s": 60,
@@ -137,6 +143,9 @@ async def emulate(config: Path, enterprises: list[str], port: int, period_s: flo
     gateways = []
     for enterprise in park.enterprises:
         seed = int(enterprise.id.removeprefix("e"))
+        # Gateways report at their own phase within the period, as real ones do: the
+        # readings of the park then reach the shards as a steady stream, not in bursts.
+        phase_s = period_s * ((seed * GOLDEN) % 1.0)
         models: dict[str, DeviceModel] = {
             a.id: make_model(a, site, SimOptions(seed=seed, connection=physics))
             for a in enterprise.assets
@@ -152,6 +161,7 @@ async def emulate(config: Path, enterprises: list[str], port: int, period_s: flo
                 batched=True,
                 period_s=period_s,
                 telemetry_qos=0,
+                phase_s=phase_s,
             )
         )
     stop = asyncio.Event()
@@ -186,8 +196,11 @@ async def emulate(config: Path, enterprises: list[str], port: int, period_s: flo
 # --- one run -----------------------------------------------------------------------------------
 
 
-def _python() -> str:
-    return sys.executable
+def _python(profile: Path | None, name: str) -> list[str]:
+    """The interpreter command, under cProfile writing `<profile>/<name>.prof` when asked."""
+    if profile is None:
+        return [sys.executable]
+    return [sys.executable, "-m", "cProfile", "-o", str(profile / f"{name}.prof")]
 
 
 def _read_json(process: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
@@ -212,14 +225,16 @@ def run(
     *,
     emulators: int,
     telemetry_period_s: float,
+    control_period_s: float,
     steps: str,
     hold_s: float,
     folder: Path,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
     started = time.monotonic()
     with MosquittoProcess(folder / f"broker-{shards}", extra_config=BROKER_CONFIG) as broker:
-        spec = park_spec(devices, broker.port, telemetry_period_s)
+        spec = park_spec(devices, broker.port, telemetry_period_s, control_period_s)
         config = folder / "park.json"
         config.write_text(json.dumps(spec))
         park = Park.model_validate(spec)
@@ -240,7 +255,7 @@ def run(
                 devices_procs.append(
                     subprocess.Popen(
                         [
-                            _python(),
+                            *_python(profile, f"emulator-{shards}-{k}"),
                             str(Path(__file__).resolve()),
                             "--emulate",
                             str(config),
@@ -266,7 +281,7 @@ def run(
             shard_procs = {
                 shard_id: subprocess.Popen(
                     [
-                        _python(),
+                        *_python(profile, f"shard-{shards}-{shard_id}"),
                         "-m",
                         "vpp.cli",
                         "shard",
@@ -292,7 +307,7 @@ def run(
             processes += shard_procs.values()
             coordinator = subprocess.Popen(
                 [
-                    _python(),
+                    *_python(profile, f"coordinator-{shards}"),
                     "-m",
                     "vpp.cli",
                     "coordinator",
@@ -335,6 +350,7 @@ def run(
         devices,
         shards,
         telemetry_period_s,
+        control_period_s,
         coordination,
         shard_results,
         device_results,
@@ -348,6 +364,7 @@ def summarise(
     devices: int,
     shards: int,
     telemetry_period_s: float,
+    control_period_s: float,
     coordination: dict[str, Any],
     shard_results: dict[str, dict[str, Any]],
     device_results: list[dict[str, Any]],
@@ -372,6 +389,7 @@ def summarise(
                 "setpoints_sent",
                 "setpoints_acked",
                 "telemetry_latency_s_mean",
+                "setpoint_ack_latency_s_mean",
                 "cpu_s",
                 "wall_s",
             )
@@ -383,6 +401,7 @@ def summarise(
         "devices": devices,
         "shards": shards,
         "telemetry_period_s": telemetry_period_s,
+        "control_period_s": control_period_s,
         "offered_readings_per_s": round(devices / telemetry_period_s),
         "readings_per_s_total": round(
             sum(r.get("readings_per_s") or 0 for r in shard_results.values())
@@ -441,10 +460,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compare", action="store_true", help="skip the one-process run")
     parser.add_argument("--emulators", type=int, default=2, help="device emulator processes")
     parser.add_argument("--period", type=float, default=2.0, help="telemetry period, seconds")
+    parser.add_argument(
+        "--control-period", type=float, default=None, help="seconds (default: the telemetry period)"
+    )
     parser.add_argument("--steps", default=None, help="AT_S:KW,... (default: ±10 %% of batteries)")
     parser.add_argument("--hold", type=float, default=25.0, help="seconds after the last step")
     parser.add_argument("--timeline", action="store_true", help="keep every tick in the output")
     parser.add_argument("--suite", action="store_true", help="run the standard set")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run every process under cProfile, writing DIR/<process>.prof",
+    )
     parser.add_argument("--emulate", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--enterprises", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=1883, help=argparse.SUPPRESS)
@@ -457,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     if not mosquitto_available():
         print(json.dumps({"bench": "scaleout", "error": "mosquitto not installed"}))
         return 1
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = args.profile.resolve()
     sizes = [3000, 30_000] if args.suite else [args.devices]
     for devices in sizes:
         counts = [args.shards] if args.no_compare else [args.shards, 1]
@@ -467,9 +499,11 @@ def main(argv: list[str] | None = None) -> int:
                     shards,
                     emulators=args.emulators,
                     telemetry_period_s=args.period,
+                    control_period_s=args.control_period or args.period,
                     steps=args.steps or default_steps(devices),
                     hold_s=args.hold,
                     folder=Path(tmp),
+                    profile=args.profile,
                 )
             if not args.timeline:
                 result.pop("timeline", None)

@@ -22,7 +22,8 @@ COPY vpp ./vpp
 COPY adapters ./adapters
 COPY dispatch ./dispatch
 COPY market ./market
-RUN /opt/vpp/bin/pip install . \
+# With the "distributed" extra the same image runs `dask worker` for the dispatch fan-out.
+RUN /opt/vpp/bin/pip install ".[distributed]" \
     && /opt/vpp/bin/vpp --version
 
 # --- run ----------------------------------------------------------------------------------

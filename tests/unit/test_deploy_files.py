@@ -270,7 +270,9 @@ def test_the_image_installs_the_whole_distribution_with_pip() -> None:
     }
     assert packages <= copied
     assert {"pyproject.toml", "README.md"} <= copied
-    assert any("pip install ." in i.argument for i in build if i.keyword == "RUN")
+    installs = [i.argument for i in build if i.keyword == "RUN" and "pip install" in i.argument]
+    assert any('pip install ".[distributed]"' in argument for argument in installs)
+    assert "distributed" in pyproject["project"]["optional-dependencies"]
     for stage in dockerfile_stages():
         for instruction in stage:
             if instruction.keyword == "COPY" and "--from" not in instruction.argument:

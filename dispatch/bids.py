@@ -25,7 +25,7 @@ from dispatch.flexibility import AssetFlexibility, ParkEnvelope
 from dispatch.problem import DispatchProblem, default_penalty
 from dispatch.series import FloatArray, Horizon
 from dispatch.solve import Backend, Method, Result, Schedule, SolveOptions, solve
-from market.rules import DemandResponseRules, SpotMarketRules
+from market.rules import DemandResponseRules, RuleSetBase, SpotMarketRules
 from vpp.domain import BidCurve, BidStep, DrOffer, Interval
 
 DEFAULT_RELATIVE_OFFSETS = (-1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0)
@@ -488,3 +488,42 @@ def build_dr_offers(
                 )
         run = []
     return offers
+
+
+def spare_dr_offers(
+    offers: Sequence[DrOffer], envelope: ParkEnvelope, awarded_kw: FloatArray, dr: RuleSetBase
+) -> list[DrOffer]:
+    """DR offers cut to the reduction left below the spot award (`awarded_kw`: the park's
+    net power the spot market holds it to, per interval of the envelope's horizon).
+
+    Per interval the park can hold a reduction of `held` below its uncontrolled baseline for
+    the product's minimum duration (the envelope); the award already takes `baseline - award`
+    of it. An offer keeps the smallest spare of the duration it must be held for; offers below
+    the product's minimum response, and runs of offers shorter than its minimum duration,
+    are dropped.
+    """
+    if not isinstance(dr, DemandResponseRules) or not offers:
+        return []
+    horizon = envelope.horizon
+    needed = max(1, math.ceil(dr.min_duration_min / (horizon.hours * 60) - 1e-9))
+    baseline = np.sum([np.asarray(b, dtype=float) for b in envelope.baselines_kw.values()], axis=0)
+    held = envelope.park_held_kw(needed, up=False)
+    spare = np.maximum(held - np.maximum(baseline - awarded_kw, 0.0), 0.0)
+    # What can be held from k on is limited by the smallest spare over the duration.
+    padded = np.concatenate([spare, np.full(needed - 1, np.inf)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, needed).min(axis=1)
+    index = {start: k for k, start in enumerate(horizon.starts())}
+    kept: list[DrOffer] = []
+    for offer in offers:
+        k = index[offer.interval.start]
+        # Rounded down to 0.1 kW: an offer never exceeds what is spare.
+        amount = min(offer.reduction_kw, math.floor(float(windows[k]) * 10.0) / 10.0)
+        if amount >= max(dr.min_response_kw, 1e-6):
+            kept.append(replace(offer, reduction_kw=amount))
+    runs: list[list[DrOffer]] = []
+    for offer in kept:
+        if runs and runs[-1][-1].interval.end == offer.interval.start:
+            runs[-1].append(offer)
+        else:
+            runs.append([offer])
+    return [o for run in runs if len(run) >= needed for o in run]

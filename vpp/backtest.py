@@ -38,8 +38,9 @@ from dispatch.bids import (
     curves_from_samples,
     net_park_kw,
     sample_bid_points,
+    spare_dr_offers,
 )
-from dispatch.flexibility import ParkEnvelope, build_envelope, notice_of
+from dispatch.flexibility import build_envelope, notice_of
 from dispatch.forecast import forecast_park
 from dispatch.problem import DispatchProblem, build_problem
 from dispatch.series import AssetForecast, FloatArray, Horizon, ParkForecast
@@ -71,7 +72,7 @@ from vpp.config.schema import (
     ThermalLoad,
 )
 from vpp.control import Controller, ControlOptions
-from vpp.domain import BidCurve, BidStep, DrEvent, DrOffer, Interval, Setpoint
+from vpp.domain import BidCurve, BidStep, DrEvent, Interval, Setpoint
 from vpp.errors import VPPError
 from vpp.fleet import Fleet
 from vpp.metrics import Metrics
@@ -814,7 +815,7 @@ class Backtest:
             return 0, [], gap
         submitted_at = dr.gate_closure.closes_at(day, dr.tz) - SUBMIT_BEFORE_GATE
         envelope = build_envelope(problem, notice_of(self.park))
-        offers = spare_offers(build_dr_offers(envelope, dr), envelope, awarded_kw, dr)
+        offers = spare_dr_offers(build_dr_offers(envelope, dr), envelope, awarded_kw, dr)
         if not offers:
             return 0, [], "no capacity left beside the spot award"
         errors = dr_offer_errors(offers, dr, submitted_at)
@@ -1207,43 +1208,6 @@ class Backtest:
             [sum(e.reduction_kw for e in self.dr_events if e.active(t)) for t in starts],
             dtype=float,
         )
-
-
-def spare_offers(
-    offers: Sequence[DrOffer], envelope: ParkEnvelope, awarded_kw: FloatArray, dr: RuleSetBase
-) -> list[DrOffer]:
-    """DR offers cut to the reduction left below the spot award.
-
-    Per interval the park can hold a reduction of `held` below its uncontrolled baseline for
-    the product's minimum duration (the envelope); the award already takes `baseline - award`
-    of it. An offer keeps the smallest spare of the duration it must be held for; offers below
-    the product's minimum response, and runs of offers shorter than its minimum duration,
-    are dropped.
-    """
-    if not isinstance(dr, DemandResponseRules) or not offers:
-        return []
-    horizon = envelope.horizon
-    needed = max(1, math.ceil(dr.min_duration_min / (horizon.hours * 60) - 1e-9))
-    baseline = np.sum([np.asarray(b, dtype=float) for b in envelope.baselines_kw.values()], axis=0)
-    held = envelope.park_held_kw(needed, up=False)
-    spare = np.maximum(held - np.maximum(baseline - awarded_kw, 0.0), 0.0)
-    # What can be held from k on is limited by the smallest spare over the duration.
-    padded = np.concatenate([spare, np.full(needed - 1, np.inf)])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, needed).min(axis=1)
-    index = {start: k for k, start in enumerate(horizon.starts())}
-    kept: list[DrOffer] = []
-    for offer in offers:
-        k = index[offer.interval.start]
-        amount = min(offer.reduction_kw, float(windows[k]))
-        if amount >= max(dr.min_response_kw, 1e-6):
-            kept.append(dataclasses.replace(offer, reduction_kw=round(amount, 1)))
-    runs: list[list[DrOffer]] = []
-    for offer in kept:
-        if runs and runs[-1][-1].interval.end == offer.interval.start:
-            runs[-1].append(offer)
-        else:
-            runs.append([offer])
-    return [o for run in runs if len(run) >= needed for o in run]
 
 
 def _event_summary(settled: EventSettlement, events: Sequence[DrEvent]) -> dict[str, Any]:

@@ -14,13 +14,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 import numpy as np
 
-from dispatch.bids import BidOptions, build_bid_curves, build_dr_offers
+from dispatch.bids import BidOptions, build_bid_curves, build_dr_offers, spare_dr_offers
 from dispatch.fanout import FanOutError
 from dispatch.flexibility import ParkEnvelope, build_envelope, notice_of
 from dispatch.forecast import forecast_park
@@ -32,7 +32,7 @@ from market.prices import PriceSeries, synthetic_prices
 from market.simulator import MarketSimulator, dr_calls_from_prices
 from vpp.clock import Clock
 from vpp.config import LoadedConfig
-from vpp.domain import AssetState, BidCurve, DrOffer
+from vpp.domain import AssetState, Award, BidCurve, DrOffer
 from vpp.errors import VPPError
 from vpp.fleet import Fleet
 from vpp.metrics import Metrics
@@ -368,30 +368,27 @@ class Planner:
         closes = self.loaded.spot.gate_closure.closes_at(day, tz)
         submitted_at = min(self.clock.now(), closes - timedelta(minutes=1))
         participant = self.loaded.park.id
-        submissions: list[Submission] = []
-        if plan.bid_curves:
-            submissions.append(
-                Submission(
-                    self.loaded.spot.id, participant, submitted_at, bid_curves=plan.bid_curves
-                )
-            )
-        if plan.dr_offers and self.loaded.dr is not None:
-            dr_closes = self.loaded.dr.gate_closure.closes_at(day, tz)
-            submissions.append(
-                Submission(
-                    self.loaded.dr.id,
-                    participant,
-                    min(submitted_at, dr_closes - timedelta(minutes=1)),
-                    dr_offers=plan.dr_offers,
-                )
-            )
         award_sets: list[AwardSet] = []
-        for submission in submissions:
-            if self.store is not None:
-                # what was sent, in the documented submission format
-                payload = json.loads(submission_to_json(submission))
-                self.store.save_bids(submitted_at, submission.market, day.isoformat(), payload)
-            award_sets.append(self.market(submission))
+        if plan.bid_curves:
+            spot = Submission(
+                self.loaded.spot.id, participant, submitted_at, bid_curves=plan.bid_curves
+            )
+            award_sets.append(self._send(spot, submitted_at, day))
+        dr = self.loaded.dr
+        if plan.dr_offers and dr is not None:
+            # Offered after the spot market cleared: only the reduction its award leaves, so
+            # that a DR call on top of the award can be delivered.
+            awarded = [a for s in award_sets for a in s.awards]
+            offers = spare_dr_offers(
+                plan.dr_offers, plan.envelope, self._held_kw(plan, awarded), dr
+            )
+            if offers != list(plan.dr_offers):
+                self.state.publish_bids(self.clock.now(), plan.bid_curves, offers)
+            if offers:
+                dr_closes = dr.gate_closure.closes_at(day, tz)
+                sent_at = min(submitted_at, dr_closes - timedelta(minutes=1))
+                submission = Submission(dr.id, participant, sent_at, dr_offers=tuple(offers))
+                award_sets.append(self._send(submission, submitted_at, day))
         received = self.clock.now()
         for award_set in award_sets:
             for award in award_set.awards:
@@ -411,6 +408,28 @@ class Planner:
             self.report(
                 f"market: {len(awarded)} intervals awarded ({mwh:+.1f} MWh net), {len(events)} DR events"
             )
+
+    def _send(self, submission: Submission, submitted_at: datetime, day: date) -> AwardSet:
+        if self.store is not None:
+            # what was sent, in the documented submission format
+            payload = json.loads(submission_to_json(submission))
+            self.store.save_bids(submitted_at, submission.market, day.isoformat(), payload)
+        return self.market(submission)
+
+    @staticmethod
+    def _held_kw(plan: DayPlan, awarded: Sequence[Award]) -> FloatArray:
+        """The park's net power per interval of the plan as the spot market holds it: the
+        award where there is one, else the planned schedule, else the baseline."""
+        held = np.asarray(plan.envelope.park.baseline_kw, dtype=float).copy()
+        schedule = plan.result.schedule
+        if schedule is not None:
+            held = np.asarray(schedule.park_kw, dtype=float).copy()
+        index = {start: k for k, start in enumerate(plan.horizon.starts())}
+        for award in awarded:
+            k = index.get(award.interval.start)
+            if k is not None:
+                held[k] = award.power_kw
+        return held
 
     def simulated_market(self, submission: Submission) -> AwardSet:
         """Clear against the price series (price-taker) and call DR at the day's price peaks."""

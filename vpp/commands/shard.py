@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import json
 import os
+from dataclasses import replace
 
+from vpp.control import ControlOptions
 from vpp.errors import ConfigError, Problem
 from vpp.shard import (
+    SHARD_CONTROL_OPTIONS,
     LinkSettings,
     Shard,
     ShardMap,
@@ -44,13 +47,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--store", default=None, help="storage URL for telemetry history (default: keep none)"
     )
     parser.add_argument("--report-period", type=float, default=2.0, help="seconds between reports")
+    parser.add_argument(
+        "--fleet-deadband",
+        type=float,
+        default=SHARD_CONTROL_OPTIONS.fleet_deadband_fraction,
+        help="fraction of the shard's span that small setpoint changes held back may add up to "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=SHARD_CONTROL_OPTIONS.max_in_flight_per_adapter,
+        help="setpoints awaiting an ack per adapter (default %(default)s)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument(
         "--json", action="store_true", help="print the run summary as one JSON line"
     )
 
 
+def control_options(args: argparse.Namespace) -> ControlOptions:
+    """The shard's control options with the command line's deadband and sends in flight."""
+    if not 0.0 <= args.fleet_deadband < 1.0:
+        message = f"{args.fleet_deadband} is not a fraction in [0, 1)"
+        raise ConfigError([Problem("--fleet-deadband", None, "", message)])
+    if args.max_in_flight < 1:
+        message = f"{args.max_in_flight} is not a positive count"
+        raise ConfigError([Problem("--max-in-flight", None, "", message)])
+    return replace(
+        SHARD_CONTROL_OPTIONS,
+        fleet_deadband_fraction=args.fleet_deadband,
+        max_in_flight_per_adapter=args.max_in_flight,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    options = control_options(args)
     enterprises = None
     if args.map is not None:
         enterprises = ShardMap.load(args.map).enterprises_of(args.shard_id)
@@ -81,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
         config,
         link=link,
         options=ShardOptions(
-            report_period_s=args.report_period, shared_group=args.shared_group, store=store
+            report_period_s=args.report_period,
+            shared_group=args.shared_group,
+            control_options=options,
+            store=store,
         ),
     )
     if not args.json:

@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import numpy as np
-
 from adapters.base import Adapter, ConnectionState
 from dispatch.fanout import close_dask_clients
 from dispatch.series import Horizon
@@ -44,8 +42,8 @@ from vpp.metering import IntervalMeter
 from vpp.metrics import Metrics
 from vpp.planner import Planner, PriceSource
 from vpp.recorder import Recorder
-from vpp.state import ControlCycleView, DrEventView, EngineState, SettlementLine, StateError
-from vpp.store import Store, StoredSchedule
+from vpp.state import ControlCycleView, DrEventView, EngineState, SettlementLine
+from vpp.store import Store
 from vpp.targets import TargetBook
 
 log = logging.getLogger(__name__)
@@ -538,57 +536,9 @@ class Engine:
             self.state.publish_dr_event(event)
         stored = await asyncio.to_thread(self.store.latest_schedule)
         if stored is not None and self.planner is not None:
-            self._restore_plan(stored)
+            self.planner.restore(stored)
         if awards or events:
             self._say(f"restored {len(awards)} awards and {len(events)} DR events from storage")
-
-    def _restore_plan(self, stored: StoredSchedule) -> None:
-        """The last plan back in the target book and, as far as it was saved, in the API's
-        state (schedule, envelope, prices), until the next plan replaces it."""
-        payload = stored.payload if isinstance(stored.payload, dict) else {}
-        power = np.asarray(payload.get("power_kw", []), dtype=float)
-        if power.ndim != 2 or not power.size or stored.status not in ("optimal", "feasible"):
-            return
-        park_kw = [float(v) for v in power.sum(axis=0)]
-        self.targets.set_schedule(stored.start, self.meter.interval, park_kw)
-        interval_min = int(stored.interval.total_seconds() // 60)
-        asset_ids = payload.get("asset_ids", [])
-        carbon = payload.get("carbon_price_per_t")
-        try:
-            if len(asset_ids) == power.shape[0]:
-                self.state.publish_schedule(
-                    computed_at=stored.created,
-                    start=stored.start,
-                    interval_min=interval_min,
-                    status=stored.status,
-                    asset_kw={str(a): power[k].tolist() for k, a in enumerate(asset_ids)},
-                    park_kw=park_kw,
-                    objective=stored.objective,
-                    carbon_price_per_t=None if carbon is None else float(carbon),
-                )
-            envelope = payload.get("envelope")
-            if isinstance(envelope, dict):
-                self.state.publish_envelope(
-                    computed_at=stored.created,
-                    start=stored.start,
-                    interval_min=interval_min,
-                    expected_kw=envelope["expected_kw"],
-                    min_kw=envelope["min_kw"],
-                    max_kw=envelope["max_kw"],
-                )
-            prices = payload.get("prices")
-            if isinstance(prices, dict):
-                self.state.publish_prices(
-                    start=stored.start,
-                    interval_min=interval_min,
-                    price_per_mwh=prices["price_per_mwh"],
-                    kind=str(prices["kind"]),
-                    currency=str(prices["currency"]),
-                )
-        except (KeyError, TypeError, ValueError, StateError) as exc:
-            # A plan saved by an older version: the targets are back, the views wait for
-            # the next plan.
-            log.warning("stored plan of %s not shown: %s", stored.start.isoformat(), exc)
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,8 @@ from vpp.domain import AssetState, Award, BidCurve, DrOffer
 from vpp.errors import VPPError
 from vpp.fleet import Fleet
 from vpp.metrics import Metrics
-from vpp.state import EngineState
-from vpp.store import Store
+from vpp.state import EngineState, StateError
+from vpp.store import Store, StoredSchedule
 from vpp.targets import TargetBook
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,7 @@ def plan_day(
     options = BuildOptions(now=now, carbon_price_per_t=carbon_price_per_t)
     problem = build_problem(park, horizon, prices_per_mwh, forecast, states, options)
     solve_options = SolveOptions.from_engine(park.engine)
-    if (
-        local_dispatch
-    ):  # the parts on this process's threads, whatever engine.dispatch_scheduler says
+    if local_dispatch:  # on this process's threads, whatever engine.dispatch_scheduler says
         solve_options = replace(solve_options, dask_scheduler=None)
     result = solve(problem, solve_options)
     timings["schedule_s"] = time.perf_counter() - step
@@ -305,61 +304,109 @@ class Planner:
 
     def _publish_plan(self, plan: DayPlan, now: datetime, carbon_price_per_t: float) -> None:
         horizon = plan.horizon
-        interval_min = int(horizon.interval.total_seconds() // 60)
         result = plan.result
-        park = plan.envelope.park
-        envelope = {
-            "expected_kw": [float(v) for v in park.baseline_kw],
-            "min_kw": [float(v) for v in park.baseline_kw - park.down_kw],
-            "max_kw": [float(v) for v in park.baseline_kw + park.up_kw],
-        }
-        price_per_mwh = [float(v) for v in plan.prices_per_mwh]
-        kind = "forecast" if self.prices.series is None else "file"
-        currency = self.loaded.spot.currency
-        if result.schedule is not None:
-            schedule = result.schedule
-            self.state.publish_schedule(
-                computed_at=now,
-                start=horizon.start,
-                interval_min=interval_min,
-                status=result.status.value,
-                asset_kw={a: [float(v) for v in schedule.power_of(a)] for a in schedule.asset_ids},
-                park_kw=[float(v) for v in schedule.park_kw],
-                objective=result.objective,
-                carbon_price_per_t=carbon_price_per_t or None,
+        record = self._record(plan, carbon_price_per_t)
+        self._show(
+            now, horizon.start, horizon.interval, result.status.value, result.objective, record
+        )
+        if result.schedule is not None and self.store is not None:
+            # Everything the API shows of a plan, so that a restarted engine shows it too.
+            stored = {**record, "power_kw": result.schedule.power_kw.round(3).tolist()}
+            self.store.save_schedule(
+                now, horizon.start, horizon.interval, result.status.value, result.objective, stored
             )
-            if self.store is not None:
-                # Everything the API shows of a plan, so that a restarted engine shows it too.
-                self.store.save_schedule(
-                    now,
-                    horizon.start,
-                    horizon.interval,
-                    result.status.value,
-                    result.objective,
-                    {
-                        "asset_ids": list(schedule.asset_ids),
-                        "power_kw": schedule.power_kw.round(3).tolist(),
-                        "carbon_price_per_t": carbon_price_per_t or None,
-                        "envelope": envelope,
-                        "prices": {
-                            "price_per_mwh": price_per_mwh,
-                            "kind": kind,
-                            "currency": currency,
-                        },
-                    },
-                )
-        self.state.publish_envelope(
-            computed_at=now, start=horizon.start, interval_min=interval_min, **envelope
-        )
-        self.state.publish_prices(
-            start=horizon.start,
-            interval_min=interval_min,
-            price_per_mwh=price_per_mwh,
-            kind=kind,
-            currency=currency,
-        )
         if result.ok and (plan.bid_curves or plan.dr_offers):
             self.state.publish_bids(now, plan.bid_curves, plan.dr_offers)
+
+    def restore(self, stored: StoredSchedule) -> None:
+        """After a restart: the last stored plan back as the schedule under the awards and,
+        as far as it was saved, in the API's state, until the next plan replaces it."""
+        record = stored.payload if isinstance(stored.payload, dict) else {}
+        power = np.asarray(record.get("power_kw", []), dtype=float)
+        if power.ndim != 2 or not power.size or stored.status not in ("optimal", "feasible"):
+            return
+        park_kw = [float(v) for v in power.sum(axis=0)]
+        self.targets.set_schedule(stored.start, stored.interval, park_kw)
+        try:
+            self._show(
+                stored.created,
+                stored.start,
+                stored.interval,
+                stored.status,
+                stored.objective,
+                record,
+            )
+        except (KeyError, TypeError, ValueError, StateError) as exc:
+            # A plan saved by an older version: the targets are back, the views wait for
+            # the next plan.
+            log.warning("stored plan of %s not shown: %s", stored.start.isoformat(), exc)
+
+    def _record(self, plan: DayPlan, carbon_price_per_t: float) -> dict[str, Any]:
+        """What the API shows of a plan, as JSON values (also what the store keeps)."""
+        park = plan.envelope.park
+        record: dict[str, Any] = {
+            "carbon_price_per_t": carbon_price_per_t or None,
+            "envelope": {
+                "expected_kw": [float(v) for v in park.baseline_kw],
+                "min_kw": [float(v) for v in park.baseline_kw - park.down_kw],
+                "max_kw": [float(v) for v in park.baseline_kw + park.up_kw],
+            },
+            "prices": {
+                "price_per_mwh": [float(v) for v in plan.prices_per_mwh],
+                "kind": "forecast" if self.prices.series is None else "file",
+                "currency": self.loaded.spot.currency,
+            },
+        }
+        schedule = plan.result.schedule
+        if schedule is not None:
+            record["asset_ids"] = list(schedule.asset_ids)
+            record["power_kw"] = schedule.power_kw.tolist()
+        return record
+
+    def _show(
+        self,
+        computed_at: datetime,
+        start: datetime,
+        interval: timedelta,
+        status: str,
+        objective: float | None,
+        record: Mapping[str, Any],
+    ) -> None:
+        """Publish a plan's record (`_record`) as the API's schedule, envelope and prices."""
+        interval_min = int(interval.total_seconds() // 60)
+        asset_ids = record.get("asset_ids", [])
+        power = np.asarray(record.get("power_kw", []), dtype=float)
+        if power.ndim == 2 and power.size and len(asset_ids) == power.shape[0]:
+            carbon = record.get("carbon_price_per_t")
+            self.state.publish_schedule(
+                computed_at=computed_at,
+                start=start,
+                interval_min=interval_min,
+                status=status,
+                asset_kw={str(a): power[k].tolist() for k, a in enumerate(asset_ids)},
+                park_kw=power.sum(axis=0).tolist(),
+                objective=objective,
+                carbon_price_per_t=None if carbon is None else float(carbon),
+            )
+        envelope = record.get("envelope")
+        if isinstance(envelope, dict):
+            self.state.publish_envelope(
+                computed_at=computed_at,
+                start=start,
+                interval_min=interval_min,
+                expected_kw=envelope["expected_kw"],
+                min_kw=envelope["min_kw"],
+                max_kw=envelope["max_kw"],
+            )
+        prices = record.get("prices")
+        if isinstance(prices, dict):
+            self.state.publish_prices(
+                start=start,
+                interval_min=interval_min,
+                price_per_mwh=prices["price_per_mwh"],
+                kind=str(prices["kind"]),
+                currency=str(prices["currency"]),
+            )
 
     def _submit(self, plan: DayPlan, day: date) -> None:
         if not plan.bid_curves and not plan.dr_offers:

@@ -1,4 +1,5 @@
-"""Broker fixtures: a private Mosquitto per test, the embedded amqtt broker, or either.
+"""Broker fixtures: a private Mosquitto per test, the embedded amqtt broker, or either; and
+the small test park's fleet (`fleet`, `metrics`).
 
 `broker` is parametrised over the brokers this machine has: Mosquitto (MQTT 5) when
 /usr/sbin/mosquitto exists, and always the embedded amqtt broker (MQTT 3.1.1 only).
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import AmqttBroker, MosquittoProcess, mosquitto_available
+from vpp.clock import SystemClock
+from vpp.config import load_park
+from vpp.fleet import Fleet
+from vpp.metrics import Metrics
 
 BROKER_KINDS = ["mosquitto", "amqtt"] if mosquitto_available() else ["amqtt"]
 
@@ -47,3 +52,15 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         async with AmqttBroker() as amqtt:
             yield BrokerInfo("amqtt", amqtt.host, amqtt.port, "3.1.1")
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def fleet(metrics: Metrics) -> Fleet:
+    """The small test park's fleet on the system clock, counting into `metrics`."""
+    park = load_park("tests/fixtures/small_park.yaml", markets_dir="config/markets").park
+    return Fleet(park, SystemClock(), metrics=metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,8 +13,8 @@ from adapters import sunspec
 from adapters.base import ConnectionState
 from adapters.modbus import ModbusAdapter, ModbusDevice
 from tests.emulators.modbus_plant import BatteryPlant, ModbusPlantServer
+from tests.observe import rejected, wait_until
 from vpp.clock import SystemClock
-from vpp.config.loader import load_park
 from vpp.config.schema import ModbusConnection, ModbusRegister
 from vpp.domain import Availability, Setpoint
 from vpp.fleet import Fleet
@@ -25,34 +25,9 @@ pytestmark = pytest.mark.integration
 ASSET = "bat-a"  # a 500 kW battery in the small test park
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    # polls state owned by other tasks (adapter, fleet, emulator): there is no event to wait on
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-
 def setpoint(power_kw: float, valid_s: float = 10.0, tag: str = "c1") -> Setpoint:
     now = datetime.now(UTC)
     return Setpoint(ASSET, power_kw, now, now + timedelta(seconds=valid_s), tag)
-
-
-def rejected(metrics: Metrics, reason: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "vpp_telemetry_rejected_total", {"adapter": "modbus", "reason": reason}
-    )
-    return value or 0.0
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture
-def fleet(metrics: Metrics) -> Fleet:
-    park = load_park("tests/fixtures/small_park.yaml", markets_dir="config/markets").park
-    return Fleet(park, SystemClock(), metrics=metrics)
 
 
 class Running:
@@ -177,7 +152,7 @@ async def test_nan_marker_is_rejected_counted_and_survived(
     sunspec_run: Running, plant: BatteryPlant, metrics: Metrics
 ) -> None:
     plant.corrupt_power = True
-    await wait_until(lambda: rejected(metrics, "nan_marker") >= 3)
+    await wait_until(lambda: rejected(metrics, "modbus", "nan_marker") >= 3)
     assert sunspec_run.adapter.health().state == ConnectionState.CONNECTED
     plant.corrupt_power = False
     before = sunspec_run.fleet.latest(ASSET)
@@ -238,7 +213,7 @@ async def test_register_map_device_follows_setpoint(
         await wait_until(lambda: run.power_kw() == pytest.approx(42.5, abs=0.1))
 
         plant.corrupt_power = True
-        await wait_until(lambda: rejected(metrics, "nan_marker") >= 2)
+        await wait_until(lambda: rejected(metrics, "modbus", "nan_marker") >= 2)
         assert run.adapter.health().state == ConnectionState.CONNECTED
 
 

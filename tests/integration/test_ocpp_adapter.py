@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,8 +23,8 @@ from adapters.ocpp import (
     profile_limit,
 )
 from tests.emulators.ocpp_station import StationBehaviour, StationEmulator
+from tests.observe import rejected, wait_until
 from vpp.clock import SystemClock
-from vpp.config.loader import load_park
 from vpp.config.schema import OcppConnection
 from vpp.domain import Availability, Setpoint
 from vpp.errors import PayloadError
@@ -37,34 +37,9 @@ ASSET = "ev-b"  # 10 chargers × 60 kW in the small test park
 CP_ID = "CP-B1"
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    # polls state owned by other tasks (adapter, fleet, emulator): there is no event to wait on
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-
 def setpoint(power_kw: float, valid_s: float = 30.0, tag: str = "c1") -> Setpoint:
     now = datetime.now(UTC)
     return Setpoint(ASSET, power_kw, now, now + timedelta(seconds=valid_s), tag)
-
-
-def rejected(metrics: Metrics, reason: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "vpp_telemetry_rejected_total", {"adapter": "ocpp", "reason": reason}
-    )
-    return value or 0.0
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture
-def fleet(metrics: Metrics) -> Fleet:
-    park = load_park("tests/fixtures/small_park.yaml", markets_dir="config/markets").park
-    return Fleet(park, SystemClock(), metrics=metrics)
 
 
 @contextlib.asynccontextmanager
@@ -206,24 +181,24 @@ async def test_garbage_and_bad_payloads_are_counted_and_survived(
         await wait_until(lambda: adapter.connected(ASSET))
         await station.send_raw("this is not OCPP")
         await station.send_raw(json.dumps([2, "x1"]))
-        await wait_until(lambda: rejected(metrics, "malformed") == 2)
+        await wait_until(lambda: rejected(metrics, "ocpp", "malformed") == 2)
 
         # schema violation: the CSMS answers with a CALLERROR and counts it
         await station.send_raw(json.dumps([2, "m1", "MeterValues", {"meterValue": []}]))
-        await wait_until(lambda: rejected(metrics, "invalid_payload") == 1)
+        await wait_until(lambda: rejected(metrics, "ocpp", "invalid_payload") == 1)
 
         # well-formed frame, meaningless value
         sample = {"value": "lots", "measurand": "Power.Active.Import"}
         if version == "2.0.1":
             await station.meter_values([sample], validate=False)
-            await wait_until(lambda: rejected(metrics, "invalid_payload") == 2)
+            await wait_until(lambda: rejected(metrics, "ocpp", "invalid_payload") == 2)
         else:
             await station.meter_values([sample])
-            await wait_until(lambda: rejected(metrics, "wrong_type") == 1)
+            await wait_until(lambda: rejected(metrics, "ocpp", "wrong_type") == 1)
 
         # a reading from the past is the fleet's to reject
         await station.meter_values(timestamp=datetime.now(UTC) - timedelta(hours=1))
-        await wait_until(lambda: rejected(metrics, "stale_timestamp") == 1)
+        await wait_until(lambda: rejected(metrics, "ocpp", "stale_timestamp") == 1)
         assert fleet.latest(ASSET) is None
 
         # the connection survived all of it
@@ -256,14 +231,14 @@ async def test_unknown_charge_point_is_refused_and_counted(
         async with connect(f"{url}/NOBODY", subprotocols=[Subprotocol("ocpp1.6")]):
             pass
     assert caught.value.response.status_code == 404
-    assert rejected(metrics, "unknown_asset") == 1
+    assert rejected(metrics, "ocpp", "unknown_asset") == 1
 
 
 async def test_wrong_ocpp_version_is_closed(fleet: Fleet, metrics: Metrics) -> None:
     async with central(fleet, "2.0.1") as (adapter, url):
         async with connect(f"{url}/{CP_ID}", subprotocols=[Subprotocol("ocpp1.6")]) as ws:
             await ws.wait_closed()
-        assert rejected(metrics, "wrong_version") == 1
+        assert rejected(metrics, "ocpp", "wrong_version") == 1
         assert not adapter.connected(ASSET)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from market.openadr import (
     decide_opt,
     requested_reduction_kw,
 )
+from tests.observe import wait_until
 from vpp.domain import DrEvent
 
 pytestmark = [
@@ -36,16 +36,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def _until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Wait for openleadr's background polling to change state (it offers nothing to await)."""
-    step = 0.05
-    for _ in range(round(seconds / step)):
-        if check():
-            return
-        await asyncio.sleep(step)
-    raise TimeoutError(f"not reached within {seconds} s")
 
 
 def _grid_vtn(port: int, accept: bool = True) -> tuple[OpenADRServer, list[list[Any]]]:
@@ -123,9 +113,9 @@ async def test_the_engine_as_ven_opts_from_its_flexibility_and_reports_power() -
         await ven.start()
         assert ven.registered
         assert ven.ven_id == "ven-park"
-        await _until(lambda: len(opts) == 3 and len(reports) >= 1)
+        await wait_until(lambda: len(opts) == 3 and len(reports) >= 1, 10.0)
         server.cancel_event("ven-park", "small")
-        await _until(lambda: not ven.events["small"].opted_in)
+        await wait_until(lambda: not ven.events["small"].opted_in, 10.0)
     finally:
         await ven.stop()
         await server.stop()
@@ -230,12 +220,13 @@ async def test_the_engine_as_vtn_dispatches_enterprise_vens() -> None:
             vtn.dispatch(event, {"ent-a": 300.0, "ent-c": 200.0})
         sent = vtn.dispatch(event, {"ent-a": 300.0, "ent-b": 200.0})
         assert sent == {"ent-a": "park-ev-1.ent-a", "ent-b": "park-ev-1.ent-b"}
-        await _until(
+        await wait_until(
             lambda: (
                 vtn.opt("ent-a", sent["ent-a"]) is not None
                 and vtn.opt("ent-b", sent["ent-b"]) is not None
                 and len(vtn.power_kw()) == 2
-            )
+            ),
+            10.0,
         )
     finally:
         for peer in clients:

@@ -29,6 +29,7 @@ from dispatch.solve import (
     ViolationKind,
     solve,
 )
+from tests.unit.dispatch.test_curtailment_runs import load
 
 START = datetime(2025, 6, 4, tzinfo=UTC)
 BACKENDS = [Backend.HIGHS, Backend.PYOMO]
@@ -82,17 +83,15 @@ def curtailable(
     rebound: float = 0.0,
     duration: int = 96,
 ) -> CurtailableBlock:
-    return CurtailableBlock(
-        asset_ids=("load",),
-        enterprise_index=np.zeros(1, np.int64),
-        baseline_kw=np.full((1, t), baseline_kw),
-        reduction_max_kw=np.full((1, t), reduction_kw),
-        max_duration_intervals=np.array([duration]),
-        rest_intervals=np.array([0]),
-        rebound_fraction=np.array([rebound]),
-        rebound_window_intervals=np.array([1]),
-        rebound_max_kw=np.array([reduction_kw]),
-        cost_per_mwh=np.array([cost]),
+    """One process load, limited in nothing but depth (and `duration`), rebound within the
+    next interval."""
+    return load(
+        t,
+        duration=duration,
+        rebound=rebound,
+        cost=cost,
+        baseline_kw=baseline_kw,
+        reduction_kw=reduction_kw,
     )
 
 

@@ -71,22 +71,12 @@ class RecordingFleet(Fleet):
         return reading
 
 
-class LimitGuard(Adapter):
-    """Passes setpoints to `inner` after checking each against the park's limits.
+class Wrapped(Adapter):
+    """An adapter that is `inner` in all but what a subclass changes (its sends)."""
 
-    The dynamic check recomputes the asset's limits (`vpp.limits.asset_limits`) from the
-    reading the control loop saw in the cycle that issued the setpoint (`RecordingFleet`).
-    PV is checked against its static range only: its dynamic upper bound depends on the
-    controller's estimate of the available sun.
-    """
-
-    def __init__(self, inner: Adapter, park: Park, fleet: RecordingFleet) -> None:
+    def __init__(self, inner: Adapter) -> None:
         self.inner = inner
         self.name = inner.name
-        self.park = park
-        self.fleet = fleet
-        self.stats = GuardStats()
-        self._assets = {a.id: a for _, a in park.iter_assets()}
 
     @property
     def asset_ids(self) -> frozenset[str]:
@@ -97,6 +87,26 @@ class LimitGuard(Adapter):
 
     def health(self) -> AdapterHealth:
         return self.inner.health()
+
+    async def send(self, setpoint: Setpoint) -> SetpointAck:
+        return await self.inner.send(setpoint)
+
+
+class LimitGuard(Wrapped):
+    """Passes setpoints to `inner` after checking each against the park's limits.
+
+    The dynamic check recomputes the asset's limits (`vpp.limits.asset_limits`) from the
+    reading the control loop saw in the cycle that issued the setpoint (`RecordingFleet`).
+    PV is checked against its static range only: its dynamic upper bound depends on the
+    controller's estimate of the available sun.
+    """
+
+    def __init__(self, inner: Adapter, park: Park, fleet: RecordingFleet) -> None:
+        super().__init__(inner)
+        self.park = park
+        self.fleet = fleet
+        self.stats = GuardStats()
+        self._assets = {a.id: a for _, a in park.iter_assets()}
 
     async def send(self, setpoint: Setpoint) -> SetpointAck:
         self.check(setpoint, self.fleet.clock.now())

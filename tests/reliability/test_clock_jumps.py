@@ -26,10 +26,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from adapters.base import Adapter, AdapterHealth, TelemetrySink
+from adapters.base import Adapter
 from adapters.sim import SimAdapter
 from tests.parks import generated_park
-from tests.reliability.conftest import LimitGuard, RecordingFleet
+from tests.reliability.conftest import LimitGuard, RecordingFleet, Wrapped
 from vpp.clock import AcceleratedClock
 from vpp.control import Controller, ControlOptions
 from vpp.domain import Availability, Setpoint, SetpointAck
@@ -51,24 +51,13 @@ class SteppedClock(AcceleratedClock):
         self.start += timedelta(seconds=seconds)
 
 
-class GatedAdapter(Adapter):
+class GatedAdapter(Wrapped):
     """Holds every send until `gate` is set: setpoints wait in the controller's outbox."""
 
     def __init__(self, inner: Adapter) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.gate = asyncio.Event()
         self.gate.set()
-
-    @property
-    def asset_ids(self) -> frozenset[str]:
-        return self.inner.asset_ids
-
-    async def run(self, sink: TelemetrySink) -> None:
-        await self.inner.run(sink)
-
-    def health(self) -> AdapterHealth:
-        return self.inner.health()
 
     async def send(self, setpoint: Setpoint) -> SetpointAck:
         await self.gate.wait()

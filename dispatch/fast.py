@@ -1705,6 +1705,23 @@ class Part:
         return self.plan.net_kw
 
 
+def split_parts(problem: DispatchProblem, assets_per_part: int) -> list[Part]:
+    """The problem's parts: whole enterprises, about `assets_per_part` assets each."""
+    row_of = {a: i for i, a in enumerate(problem.asset_ids)}
+    low, high = power_range_kw(problem)
+    ent = problem.asset_enterprise_index
+    parts: list[Part] = []
+    for group in enterprise_groups(problem, assets_per_part):
+        sub = select_enterprises(problem, group.tolist())
+        rows = np.array([row_of[a] for a in sub.asset_ids], dtype=np.int64)
+        inside = np.isin(ent, group)
+        base = problem.enterprise_base_kw[group].sum(axis=0)
+        parts.append(
+            Part(sub, rows, low[inside].sum(axis=0) + base, high[inside].sum(axis=0) + base)
+        )
+    return parts
+
+
 class Decomposed:
     """A large problem as sub-problems of whole enterprises, coupled only by the park limits.
 
@@ -1728,18 +1745,7 @@ class Decomposed:
         self.problem = problem
         self.options = options
         self.client = client
-        row_of = {a: i for i, a in enumerate(problem.asset_ids)}
-        low, high = power_range_kw(problem)
-        ent = problem.asset_enterprise_index
-        self.parts: list[Part] = []
-        for group in enterprise_groups(problem, options.chunk_assets):
-            sub = select_enterprises(problem, group.tolist())
-            rows = np.array([row_of[a] for a in sub.asset_ids], dtype=np.int64)
-            inside = np.isin(ent, group)
-            base = problem.enterprise_base_kw[group].sum(axis=0)
-            self.parts.append(
-                Part(sub, rows, low[inside].sum(axis=0) + base, high[inside].sum(axis=0) + base)
-            )
+        self.parts = split_parts(problem, options.chunk_assets)
         self.shared = False  # whether the last solve had to share the park limit out
         self.bound: float | None = None  # a lower bound on the optimum, from the last solve
         self.mu: FloatArray | None = None  # the park limit's price, when it last bound
@@ -1825,7 +1831,7 @@ class Decomposed:
         self.problem = self.problem.with_prices(price_per_mwh, export_price_per_mwh)
         if self.problem.penalty_per_mwh != old_problem.penalty_per_mwh:
             # Penalties follow the largest price and sit in every part's costs: rebuild.
-            self.parts = Decomposed(self.problem, self.options).parts
+            self.parts = split_parts(self.problem, self.options.chunk_assets)
             return self.solve()
         for part in self.parts:
             part.problem = part.problem.with_prices(price_per_mwh, export_price_per_mwh)

@@ -40,6 +40,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from adapters.base import Adapter  # noqa: E402
+from tests.parks import (  # noqa: E402
+    BATTERY,
+    COLD_STORE,
+    EV_DEPOT,
+    GENERATOR,
+    PROCESS_LOAD,
+    PV,
+)
 from vpp.clock import ManualClock, SystemClock  # noqa: E402
 from vpp.config.schema import Park  # noqa: E402
 from vpp.control import Controller, ControlOptions, CycleReport  # noqa: E402
@@ -56,46 +64,17 @@ def enterprise_assets(e: int, connection: dict[str, Any]) -> list[dict[str, Any]
     """100 assets: 50 batteries, 10 PV, 15 process loads, 10 cold stores, 10 EV depots, 5 gens."""
     assets: list[dict[str, Any]] = []
 
-    def add(kind: str, count: int, spec: dict[str, Any]) -> None:
+    def add(spec: dict[str, Any], count: int) -> None:
+        kind = spec["kind"]
         for k in range(count):
-            assets.append(
-                {"id": f"e{e}-{kind}{k}", "connection": dict(connection), **spec, "kind": kind}
-            )
+            assets.append({**spec, "id": f"e{e}-{kind}{k}", "connection": dict(connection)})
 
-    add("battery", 50, {"power_kw": 250, "capacity_kwh": 1000})
-    add("pv", 10, {"capacity_kwp": 400})
-    add(
-        "curtailable_load",
-        15,
-        {"profile": {"weekday_kw": [600.0] * 24}, "max_reduction_kw": 150},
-    )
-    add(
-        "thermal_load",
-        10,
-        {
-            "rated_power_kw": 120,
-            "cop": 2.5,
-            "thermal_capacity_kwh_per_k": 300,
-            "loss_kw_per_k": 3,
-            "temp_min_c": -22,
-            "temp_max_c": -16,
-            "ambient_c": 28,
-        },
-    )
-    add(
-        "ev_charging",
-        10,
-        {
-            "chargers": 6,
-            "charger_power_kw": 30,
-            "sessions": [{"arrival": "08:00", "departure": "18:00", "energy_kwh": 400}],
-        },
-    )
-    add(
-        "generator",
-        5,
-        {"min_kw": 50, "max_kw": 300, "fuel_cost_per_mwh": 900, "emission_kg_per_kwh": 0.6},
-    )
+    add(BATTERY, 50)
+    add(PV, 10)
+    add(PROCESS_LOAD, 15)
+    add(COLD_STORE, 10)
+    add(EV_DEPOT, 10)
+    add(GENERATOR, 5)
     return assets
 
 

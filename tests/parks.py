@@ -6,6 +6,39 @@ from typing import Any
 
 from vpp.config.schema import Park
 
+# One asset of each controllable kind as the generated parks (and bench/control.py) enroll it,
+# without id and connection.
+BATTERY: dict[str, Any] = {"kind": "battery", "power_kw": 250, "capacity_kwh": 1000}
+PV: dict[str, Any] = {"kind": "pv", "capacity_kwp": 400}
+PROCESS_LOAD: dict[str, Any] = {
+    "kind": "curtailable_load",
+    "profile": {"weekday_kw": [600.0] * 24},
+    "max_reduction_kw": 150,
+}
+COLD_STORE: dict[str, Any] = {
+    "kind": "thermal_load",
+    "rated_power_kw": 120,
+    "cop": 2.5,
+    "thermal_capacity_kwh_per_k": 300,
+    "loss_kw_per_k": 3,
+    "temp_min_c": -22,
+    "temp_max_c": -16,
+    "ambient_c": 28,
+}
+EV_DEPOT: dict[str, Any] = {
+    "kind": "ev_charging",
+    "chargers": 6,
+    "charger_power_kw": 30,
+    "sessions": [{"arrival": "08:00", "departure": "18:00", "energy_kwh": 400}],
+}
+GENERATOR: dict[str, Any] = {
+    "kind": "generator",
+    "min_kw": 50,
+    "max_kw": 300,
+    "fuel_cost_per_mwh": 900,
+    "emission_kg_per_kwh": 0.6,
+}
+
 
 def generated_park(
     n_enterprises: int = 15,
@@ -25,54 +58,14 @@ def generated_park(
         sim = {"telemetry_period_s": 2.0, "response_lag_s": 2.0, "seed": e}
         lossy = {**sim, "under_delivery_fraction": 0.03}
         assets: list[dict[str, Any]] = [
-            {
-                "id": f"e{e}-bat{k}",
-                "kind": "battery",
-                "power_kw": 250,
-                "capacity_kwh": 1000,
-                "connection": lossy,
-            }
-            for k in range(5)
+            {**BATTERY, "id": f"e{e}-bat{k}", "connection": lossy} for k in range(5)
         ]
         assets += [
-            {"id": f"e{e}-pv", "kind": "pv", "capacity_kwp": 400, "connection": sim},
-            {
-                "id": f"e{e}-load",
-                "kind": "curtailable_load",
-                "profile": {"weekday_kw": [600.0] * 24},
-                "max_reduction_kw": 150,
-                "max_duration_min": 240,
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-cold",
-                "kind": "thermal_load",
-                "rated_power_kw": 120,
-                "cop": 2.5,
-                "thermal_capacity_kwh_per_k": 300,
-                "loss_kw_per_k": 3,
-                "temp_min_c": -22,
-                "temp_max_c": -16,
-                "ambient_c": 28,
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-ev",
-                "kind": "ev_charging",
-                "chargers": 6,
-                "charger_power_kw": 30,
-                "sessions": [{"arrival": "08:00", "departure": "18:00", "energy_kwh": 400}],
-                "connection": sim,
-            },
-            {
-                "id": f"e{e}-gen",
-                "kind": "generator",
-                "min_kw": 50,
-                "max_kw": 300,
-                "fuel_cost_per_mwh": 900,
-                "emission_kg_per_kwh": 0.6,
-                "connection": sim,
-            },
+            {**PV, "id": f"e{e}-pv", "connection": sim},
+            {**PROCESS_LOAD, "id": f"e{e}-load", "max_duration_min": 240, "connection": sim},
+            {**COLD_STORE, "id": f"e{e}-cold", "connection": sim},
+            {**EV_DEPOT, "id": f"e{e}-ev", "connection": sim},
+            {**GENERATOR, "id": f"e{e}-gen", "connection": sim},
         ]
         enterprises.append(
             {"id": f"e{e}", "name": f"E{e}", "connection_limit_kw": 10_000, "assets": assets}

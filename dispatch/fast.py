@@ -1340,9 +1340,14 @@ class Rounded:
         return outcome
 
     def _separated(self, outcome: Run) -> tuple[Run, float]:
-        """Re-solve until no battery charges and discharges at once; the extra seconds."""
+        """Re-solve until no battery charges and discharges at once; the extra seconds.
+
+        Each round zeroes at least one more charge or discharge column (bounds only
+        accumulate), so the rounds end within as many as there are such columns; on zero
+        prices and no wear the burning can move to another interval round after round.
+        """
         solver_s = 0.0
-        for _ in range(len(self.built.problem.batteries.asset_ids) + 1):
+        for _ in range(self.built.charge_cols.size + self.built.discharge_cols.size + 1):
             if not outcome.has_solution or not self._separate(outcome.x):
                 break
             outcome = _rerun(self.built, self.highs)

@@ -85,9 +85,8 @@ def problems(draw: st.DrawFn) -> DispatchProblem:
     return replace(problem, batteries=batteries, curtailable=curtailable, pv=pv)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems())
-def test_limits_hold_and_stored_energy_balances(problem: DispatchProblem) -> None:
+def assert_physical(problem: DispatchProblem) -> None:
+    """Solve `problem`: its plan keeps every limit and its stored energy balances."""
     result = solve(problem, OPTIONS)
     assert result.ok, result.diagnosis
     schedule = result.schedule
@@ -115,6 +114,56 @@ def test_limits_hold_and_stored_energy_balances(problem: DispatchProblem) -> Non
         delta = np.where(p >= 0, b.charge_efficiency[i] * p, p / b.discharge_efficiency[i]) * h
         before = np.concatenate([[b.energy_initial_kwh[i]], soc[:-1]])
         np.testing.assert_allclose(soc - before, delta, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_limits_hold_and_stored_energy_balances(problem: DispatchProblem) -> None:
+    assert_physical(problem)
+
+
+def test_burning_that_moves_from_one_free_interval_to_the_next_is_still_stopped() -> None:
+    """Found by the property above: PV that may not be exported, prices of 0 and -1 and a
+    battery without wear make burning energy free in several intervals, and each re-solve
+    moved it to another one; the rounds once stopped before it was gone."""
+    horizon = Horizon(datetime(2025, 1, 6, tzinfo=UTC), timedelta(minutes=30), T)
+    problem = empty_problem(
+        horizon, [0.0, 0.0, -1.0, 0.0, -1.0, 0.0], enterprises=("e0",), export_limit_kw=0.0
+    )
+    one = np.ones(1)
+    batteries = BatteryBlock(
+        asset_ids=("b0",),
+        enterprise_index=np.zeros(1, np.int64),
+        charge_max_kw=np.full((1, T), 50.0),
+        discharge_max_kw=np.full((1, T), 50.0),
+        energy_min_kwh=one * 20.0,
+        energy_max_kwh=one * 180.0,
+        energy_initial_kwh=one * 100.0,
+        energy_terminal_kwh=one * 100.0,
+        charge_efficiency=one * 0.9921875,
+        discharge_efficiency=one * 0.9921875,
+        degradation_cost_per_mwh=one * 0.0,
+    )
+    curtailable = CurtailableBlock(
+        asset_ids=("load",),
+        enterprise_index=np.zeros(1, np.int64),
+        baseline_kw=np.full((1, T), 100.0),
+        reduction_max_kw=np.full((1, T), 30.0),
+        max_duration_intervals=np.array([1]),
+        rest_intervals=np.array([0]),
+        rebound_fraction=np.array([0.0]),
+        rebound_window_intervals=np.array([2]),
+        rebound_max_kw=np.array([30.0]),
+        cost_per_mwh=np.array([0.0]),
+    )
+    pv = PvBlock(
+        asset_ids=("pv",),
+        enterprise_index=np.zeros(1, np.int64),
+        generation_kw=np.array([[0.0, 113.0, 0.0, 150.0, 0.0, 150.0]]),
+        curtailable=np.ones((1, T), dtype=bool),
+        curtailment_cost_per_mwh=np.array([1.0]),
+    )
+    assert_physical(replace(problem, batteries=batteries, curtailable=curtailable, pv=pv))
 
 
 @settings(max_examples=10, deadline=None)

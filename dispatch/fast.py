@@ -33,6 +33,7 @@ from dispatch.problem import (
     power_range_kw,
     select_enterprises,
 )
+from dispatch.runs import RUN_MIN_DEPTH, PlantRules, Rebound, plant_runs, priced_runs
 from dispatch.series import FloatArray
 from dispatch.solve import (
     Diagnosis,
@@ -73,9 +74,6 @@ SIMULTANEOUS_TOLERANCE = 1e-6
 #: Missing the award (target) costs this many times another soft target: the market
 #: commitment comes before a battery's end state or a cold store's band.
 TARGET_WEIGHT = 10.0
-#: A curtailment run reduces at least this share of its depth in each of its intervals: an
-#: interval without reduction would end the run, as the plant sees it.
-RUN_MIN_DEPTH = 0.01
 #: A rounded plan within this relative gap of its relaxation counts as optimal whatever the
 #: MIP gap asked: the LP's own tolerances are about this size.
 PROVEN_GAP = 1e-6
@@ -253,6 +251,8 @@ class Built:
     export_cols: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     net_cols: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     owed_cols: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    enterprise_rows: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    grid_rows: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     soft: list[_Soft] = field(default_factory=list)
     hard: list[_Soft] = field(default_factory=list)
     exclusive: BoolArray | None = None
@@ -268,6 +268,12 @@ class Built:
         self.power_interval.append(interval.ravel())
         self.power_col.append(cols.ravel())
         self.power_coef.append(np.broadcast_to(np.asarray(coef, float), cols.shape).ravel())
+
+    def marginal(self, row_dual: FloatArray) -> Marginal:
+        """What a kW more costs at each enterprise's connection, by a solve's row duals."""
+        y = np.asarray(row_dual)
+        kw = -(y[self.enterprise_rows] + y[self.grid_rows][None, :])
+        return Marginal(kw, owed_cost(self.problem))
 
     def power(self, x: FloatArray) -> FloatArray:
         power = self.power_const.copy()
@@ -413,77 +419,42 @@ def _window_sum(
 
 
 @dataclass(frozen=True, slots=True)
+class Marginal:
+    """What a kW more costs, per interval: at each enterprise's connection (enterprises × T,
+    from a solve's duals, so with its limits and the park's as they bind), and still owed as
+    rebound at the end."""
+
+    kw: FloatArray
+    owed_end: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Curtailments:
     """On/off binaries of curtailable loads, rounded the way the plant would run them."""
 
     cols: IntArray  # (k × T,), load by load
     intervals: int
-    duration: IntArray  # longest run before a forced release
-    rest: IntArray  # rest after a release
-    forced_rest: IntArray  # rest after a forced release
+    rules: PlantRules
+    # What their runs are worth (`priced_runs`):
+    enterprise: IntArray  # (k,) each load's enterprise
+    depth_kw: FloatArray  # (k, T) reduction limits
+    cost: FloatArray  # (k,) per kW·interval reduced
+    rebound: Rebound
 
-    def round(self, x: FloatArray) -> FloatArray:
-        """The runs the plant allows that best match the relaxation: the pattern of runs
-        and rests covering the most of the relaxation's (fractional) reductions and nothing
-        where it does not reduce, by dynamic programming over the plant's states."""
+    def round(self, x: FloatArray, marginal: Marginal | None = None) -> FloatArray:
+        """The runs the plant allows: with `marginal` prices those worth the most at them
+        (`priced_runs`); else the pattern of runs covering the most of the relaxation's
+        (fractional) on/off and nothing where it is off."""
+        if marginal is not None:
+            return self.priced(marginal).ravel()
         wanted = x[self.cols].reshape(-1, self.intervals)
-        return plant_runs(np.where(wanted > 1e-6, wanted, -1.0), self).ravel()
+        return plant_runs(np.where(wanted > 1e-6, wanted, -1.0), self.rules).ravel()
 
-
-def plant_runs(worth: FloatArray, rules: _Curtailments) -> FloatArray:
-    """On/off per load and interval maximising the summed `worth` of the intervals on, under
-    the plant's rules, by dynamic programming over the plant's states: 0 idle, 1..L running
-    for that many intervals, L + r resting r more intervals (L the longest run)."""
-    k, t = worth.shape
-    duration = np.minimum(rules.duration, t)
-    longest = int(duration.max(initial=1))
-    resting = int(max(rules.rest.max(initial=0), rules.forced_rest.max(initial=0), 1))
-    states = 1 + longest + resting
-    rows = np.arange(k)
-    # Where a release leads: rest - 1 more intervals after this one (0 = idle again).
-    after_release = np.where(rules.rest > 1, longest + rules.rest - 1, 0)
-    after_forced = np.where(rules.forced_rest > 1, longest + rules.forced_rest - 1, 0)
-    runs = np.arange(1, longest + 1)
-    shorter = runs[None, :] < duration[:, None]  # (k, L): may grow, or end voluntarily
-    value = np.full((k, states), -np.inf)
-    value[:, 0] = 0.0
-    came_from = np.zeros((t, k, states), dtype=np.int32)
-    for step in range(t):
-        new = np.full((k, states), -np.inf)
-        source = np.zeros((k, states), dtype=np.int32)
-        # Idle: stay idle, or end a rest.
-        from_rest = value[:, longest + 1] > value[:, 0]
-        new[:, 0] = np.where(from_rest, value[:, longest + 1], value[:, 0])
-        source[:, 0] = np.where(from_rest, longest + 1, 0)
-        # Resting: count down.
-        new[:, longest + 1 : states - 1] = value[:, longest + 2 :]
-        source[:, longest + 1 : states - 1] = np.arange(longest + 2, states)
-        # Running: start, or go on while shorter than the duration.
-        new[:, 1] = value[:, 0] + worth[:, step]
-        source[:, 1] = 0
-        if longest > 1:
-            grow = np.where(shorter[:, :-1], value[:, 1:longest], -np.inf)
-            new[:, 2 : longest + 1] = grow + worth[:, step, None]
-            source[:, 2 : longest + 1] = np.arange(1, longest)
-        # Releases: a shorter run voluntarily, a full one forced.
-        running = value[:, 1 : longest + 1]
-        early = np.where(shorter, running, -np.inf)
-        best = np.argmax(early, axis=1)
-        for target, candidate, origin in (
-            (after_release, early[rows, best], best + 1),
-            (after_forced, running[rows, duration - 1], duration),
-        ):
-            better = candidate > new[rows, target]
-            new[rows[better], target[better]] = candidate[better]
-            source[rows[better], target[better]] = origin[better]
-        value = new
-        came_from[step] = source
-    out = np.zeros((k, t))
-    state = np.argmax(value, axis=1)
-    for step in range(t - 1, -1, -1):
-        out[:, step] = (state >= 1) & (state <= longest)
-        state = came_from[step][rows, state]
-    return out
+    def priced(self, marginal: Marginal) -> FloatArray:
+        """(k, T) on/off worth the most at the `marginal` prices of their enterprises."""
+        drawn = marginal.kw[self.enterprise]
+        gain = drawn - self.cost[:, None]
+        return priced_runs(gain, drawn, self.depth_kw, self.rules, self.rebound, marginal.owed_end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,12 +473,15 @@ class _RunBounds:
     repay_rows: IntArray  # (r, T)
     window: IntArray  # (r,) rebound window in intervals
 
-    def runs(self, x: FloatArray) -> FloatArray:
-        """(k, T) on/off: the plant's runs best matching the relaxation's reductions."""
+    def runs(self, x: FloatArray, marginal: Marginal | None = None) -> FloatArray:
+        """(k, T) on/off: the plant's runs worth the most at `marginal` prices, or without
+        them those best matching the relaxation's reductions."""
+        if marginal is not None:
+            return self.rules.priced(marginal)
         reduce = x[self.rules.cols].reshape(self.depth_kw.shape)
         depth = np.maximum(self.depth_kw, 1e-9)
         share = np.where(self.depth_kw > 0, reduce / depth, 0.0)
-        return plant_runs(np.where(share > 1e-6, share, -1.0), self.rules)
+        return plant_runs(np.where(share > 1e-6, share, -1.0), self.rules.rules)
 
     def bounds(
         self, on: FloatArray | None
@@ -592,16 +566,28 @@ def _curtailable(built: Built, block: CurtailableBlock, offset: int, as_bounds: 
     timed, rest, forced_rest = curtailment_rules(block, t)
     on = np.zeros((0, t), np.int64)
     rules: _Curtailments | None = None
-    if timed.size and as_bounds:
-        rules = _Curtailments(
-            reduce[timed].ravel(), t, block.max_duration_intervals[timed], rest, forced_rest
-        )
-    elif timed.size:
-        k = timed.size
+    if timed.size:
         duration = block.max_duration_intervals[timed]
         depth_kw = block.reduction_max_kw[timed]
-        on = lp.variables((k, t), 0.0, (depth_kw > 0).astype(float), integer=True)
-        built.rounding.append(_Curtailments(on.ravel(), t, duration, rest, forced_rest))
+        if not as_bounds:
+            on = lp.variables((timed.size, t), 0.0, (depth_kw > 0).astype(float), integer=True)
+        rules = _Curtailments(
+            (reduce[timed] if as_bounds else on).ravel(),
+            t,
+            PlantRules(duration, rest, forced_rest),
+            block.enterprise_index[timed],
+            depth_kw,
+            cost[timed, 0],
+            Rebound(
+                block.rebound_fraction[timed],
+                block.rebound_window_intervals[timed],
+                block.rebound_max_kw[timed],
+            ),
+        )
+    if timed.size and not as_bounds:
+        assert rules is not None
+        k = timed.size
+        built.rounding.append(rules)
         link = lp.constraints((k, t), -INF, 0.0)  # reduce <= depth × on
         lp.terms(link, reduce[timed], 1.0)
         lp.terms(link, on, -depth_kw)
@@ -670,7 +656,7 @@ def _curtailable(built: Built, block: CurtailableBlock, offset: int, as_bounds: 
             recent = lp.constraints((f.size, t), -INF, 0.0)
             lp.terms(recent, owed[f], 1.0)
             _window_sum(lp, recent, reduce[rebound[f]], window_w[f], -owe_coef[f])
-            if rules is not None:
+            if rules is not None and as_bounds:
                 timed_rebound = np.flatnonzero(position[rebound] >= 0)
                 built.runs = _RunBounds(
                     rules,
@@ -693,7 +679,7 @@ def _curtailable(built: Built, block: CurtailableBlock, offset: int, as_bounds: 
             lp.terms(recent, owed[j], 1.0)
             _window_sum(lp, recent, on_j, window_w[j], -most[j])
         built.add_power(assets[rebound], draw, 1.0)
-    if rules is not None and built.runs is None:
+    if rules is not None and as_bounds and built.runs is None:
         none = np.zeros((0, t), np.int64)
         built.runs = _RunBounds(
             rules,
@@ -897,6 +883,7 @@ def _coupling(built: Built, elastic: bool, net_column: bool) -> None:
         p.enterprise_import_limit_kw[:, None] - const_ent,
     )
     lp.terms(ent_rows[asset_ent[power_rows_asset], power_rows_t], power_cols, power_coef)
+    built.enterprise_rows = ent_rows
     if elastic:
         over = lp.variables((e, t), 0.0, INF, big)
         under = lp.variables((e, t), 0.0, INF, big)
@@ -911,6 +898,7 @@ def _coupling(built: Built, elastic: bool, net_column: bool) -> None:
     buy, sell = grid_costs(p)
     total_const = const_ent.sum(axis=0)
     grid = lp.constraints((t,), -total_const, -total_const)
+    built.grid_rows = grid
     lp.terms(grid[power_rows_t], power_cols, power_coef)
     if net_column:
         imports = lp.variables((t,), 0.0, INF, buy)
@@ -999,6 +987,7 @@ class Run:
     objective: float
     solver_s: float
     mip_gap: float | None
+    marginal: Marginal | None = None  # of a relaxation (`Rounded.relax`)
 
 
 def _highs(options: SolveOptions, time_limit_s: float | None = None) -> highspy.Highs:
@@ -1067,9 +1056,11 @@ def _give_incumbent(
     lp_solver.run()
     if lp_solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return
-    x = np.asarray(lp_solver.getSolution().col_value)
+    solution = lp_solver.getSolution()
+    x = np.asarray(solution.col_value)
+    marginal = built.marginal(np.asarray(solution.row_dual))
     cols = _cat_int([group.cols for group in built.rounding])
-    values = _cat([group.round(x) for group in built.rounding])
+    values = _cat([_rounded(group, x, marginal) for group in built.rounding])
     lp_solver.changeColsBounds(cols.size, cols.astype(np.int32), values, values)
     lp_solver.run()
     if lp_solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
@@ -1078,6 +1069,15 @@ def _give_incumbent(
     start.col_value = list(lp_solver.getSolution().col_value)
     start.value_valid = True
     highs.setSolution(start)
+
+
+def _rounded(
+    group: _RunStarts | _Threshold | _Curtailments, x: FloatArray, marginal: Marginal | None
+) -> FloatArray:
+    """A group's binaries rounded from relaxation x; curtailment runs priced at `marginal`."""
+    if isinstance(group, _Curtailments):
+        return group.round(x, marginal)
+    return group.round(x)
 
 
 def _rerun(built: Built, highs: highspy.Highs) -> Run:
@@ -1308,17 +1308,22 @@ class Rounded:
             self.highs.changeColsBounds(
                 self._integer.size, self._integer, self._integer_lower, self._integer_upper
             )
-        return _rerun(self.built, self.highs)
+        relaxed = _rerun(self.built, self.highs)
+        if relaxed.has_solution:
+            relaxed.marginal = self.built.marginal(np.asarray(self.highs.getSolution().row_dual))
+        return relaxed
 
     def physical(self, relaxed: Run) -> Run:
         """A physical plan rounded from `relaxed` (a run of this model's relaxation)."""
         outcome = relaxed
         solver_s = relaxed.solver_s
         if self._integer.size:
-            values = _cat([group.round(relaxed.x) for group in self.built.rounding])
+            values = _cat(
+                [_rounded(group, relaxed.x, relaxed.marginal) for group in self.built.rounding]
+            )
             self.highs.changeColsBounds(self._integer.size, self._integer, values, values)
         if self.built.runs is not None:
-            self._set_runs(self.built.runs.runs(relaxed.x))
+            self._set_runs(self.built.runs.runs(relaxed.x, relaxed.marginal))
         if self._integer.size or self.built.runs is not None:
             outcome = _rerun(self.built, self.highs)
             solver_s += outcome.solver_s

@@ -17,13 +17,13 @@ from pyomo.contrib.appsi.base import TerminationCondition
 from pyomo.contrib.appsi.solvers.highs import Highs
 
 from dispatch.fast import (  # importing it also creates the first HiGHS instance quietly
-    RUN_MIN_DEPTH,
     TARGET_WEIGHT,
     burning,
     curtailment_rules,
     exclusive_split,
 )
 from dispatch.problem import BoolArray, DispatchProblem
+from dispatch.runs import RUN_MIN_DEPTH
 from dispatch.solve import (
     Diagnosis,
     Result,

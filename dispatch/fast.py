@@ -1313,17 +1313,19 @@ class Rounded:
             relaxed.marginal = self.built.marginal(np.asarray(self.highs.getSolution().row_dual))
         return relaxed
 
-    def physical(self, relaxed: Run) -> Run:
-        """A physical plan rounded from `relaxed` (a run of this model's relaxation)."""
+    def physical(self, relaxed: Run, *, priced: bool = True) -> Run:
+        """A physical plan rounded from `relaxed` (a run of this model's relaxation): its
+        curtailment runs worth the most at the relaxation's marginal prices, or, not
+        `priced`, those covering its fractional runs (cheaper, and nearer the relaxation)."""
+        self._free_batteries()  # of an earlier rounding
         outcome = relaxed
         solver_s = relaxed.solver_s
+        marginal = relaxed.marginal if priced else None
         if self._integer.size:
-            values = _cat(
-                [_rounded(group, relaxed.x, relaxed.marginal) for group in self.built.rounding]
-            )
+            values = _cat([_rounded(group, relaxed.x, marginal) for group in self.built.rounding])
             self.highs.changeColsBounds(self._integer.size, self._integer, values, values)
         if self.built.runs is not None:
-            self._set_runs(self.built.runs.runs(relaxed.x, relaxed.marginal))
+            self._set_runs(self.built.runs.runs(relaxed.x, marginal))
         if self._integer.size or self.built.runs is not None:
             outcome = _rerun(self.built, self.highs)
             solver_s += outcome.solver_s
@@ -1559,14 +1561,26 @@ class PartModel:
         self.options = options
         self._model: Rounded | None = None
         self._outcome: Run | None = None
+        self._relaxed: Run | None = None  # the relaxation `first` solved
         self._relaxed_objective = float("nan")
 
     def first(self, deadline: float) -> PartPlan:
-        """Build the model and plan alone, allowed the whole park limit."""
+        """Build the model and relax it alone, allowed the whole park limit; its plan is the
+        relaxation until `round`."""
         built = build(self.problem, net_column=True, runs_as_bounds=self.options.runs_as_bounds)
         self._model = Rounded(built, self.options)
-        self._relax_and_round(deadline)
-        return self._plan(self.outcome.solver_s, built.build_s)
+        set_time_limit(self.model.highs, _perf_deadline(deadline))
+        relaxed = self.model.relax()
+        self._relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
+        self._outcome = self._relaxed = relaxed
+        return self._plan(relaxed.solver_s, built.build_s)
+
+    def round(self, priced: bool, deadline: float) -> PartPlan:
+        """Round the relaxation `first` solved to a physical plan (`Rounded.physical`)."""
+        assert self._relaxed is not None, "PartModel: call first() before round()"
+        set_time_limit(self.model.highs, _perf_deadline(deadline))
+        self._outcome = self.model.physical(self._relaxed, priced=priced)
+        return self._plan(self.outcome.solver_s - self._relaxed.solver_s)
 
     def again(
         self,
@@ -1792,17 +1806,49 @@ class Decomposed:
         deadline = time.time() + self.options.time_limit_s
         self._models = self._start_models()
         plans = self._each(lambda _, model: model.first(deadline))
-        return self._after_alone(started, deadline, sum(plan.build_s for plan in plans))
-
-    def _after_alone(self, started: float, deadline: float, build_s: float) -> Result:
+        build_s = sum(plan.build_s for plan in plans)
         solver_s = self._plans_solver_s()
+        failed = self._any_failed(started, build_s, solver_s)
+        if failed is not None:
+            return failed
+        # Where the relaxations together exceed the park limit, the plans rounded from them
+        # only start the sharing of the limit (`_coordinate`): runs covering the relaxation's
+        # are enough, and cheaper. Plans that may stand get the runs worth the most.
+        starting = self.options.refine_shares and self._exceeds(self._total())
+        self._each(lambda _, model: model.round(not starting, deadline))
+        solver_s += self._plans_solver_s()
+        if starting and not self._exceeds(self._total()):
+            self._each(lambda _, model: model.round(True, deadline))  # they stand after all
+            solver_s += self._plans_solver_s()
+        return self._after_alone(started, deadline, build_s, solver_s)
+
+    def _after_alone(
+        self, started: float, deadline: float, build_s: float, solver_s: float
+    ) -> Result:
+        failed = self._any_failed(started, build_s, solver_s)
+        if failed is not None:
+            return failed
+        # Alone, each part relaxes the park's problem: together they bound it from below.
+        self.bound = float(sum(self._relaxed_objectives()))
+        return self._coordinate(started, deadline, build_s, solver_s)
+
+    def _any_failed(self, started: float, build_s: float, solver_s: float) -> Result | None:
         for k, part in enumerate(self.parts):
             assert part.plan is not None
             if not part.plan.has_solution:
                 return self._failed(k, started, build_s, solver_s)
-        # Alone, each part relaxes the park's problem: together they bound it from below.
-        self.bound = float(sum(self._relaxed_objectives()))
-        return self._coordinate(started, deadline, build_s, solver_s)
+        return None
+
+    def _total(self) -> FloatArray:
+        """The parts' plans' net power together."""
+        return np.asarray(np.sum([part.net_kw for part in self.parts], axis=0))
+
+    def _exceeds(self, total: FloatArray) -> bool:
+        """Whether the parts' net power `total` breaks the park limits."""
+        p = self.problem
+        lower, upper = self._full_limits()
+        tolerance = 1e-6 * max(p.park_import_limit_kw, p.park_export_limit_kw, 1.0)
+        return bool(np.any(total > upper + tolerance) or np.any(total < lower - tolerance))
 
     def _failed(self, k: int, started: float, build_s: float, solver_s: float) -> Result:
         """A part alone, allowed the whole park limit, has no schedule: the park has none
@@ -1856,7 +1902,7 @@ class Decomposed:
 
         if mu is None:
             self._each(again)
-            return self._after_alone(started, deadline, 0.0)
+            return self._after_alone(started, deadline, 0.0, self._plans_solver_s())
         self._price_net(mu)
         self._each(again)
         solver_s = self._plans_solver_s()
@@ -1887,11 +1933,9 @@ class Decomposed:
     ) -> Result:
         """Plans that keep the park limits together: as they are when they do; else shared
         out (`priced`: the plans are already the rounded Lagrangian relaxation's)."""
-        p = self.problem
         lower, upper = self._full_limits()
-        tolerance = 1e-6 * max(p.park_import_limit_kw, p.park_export_limit_kw, 1.0)
-        total = np.sum([part.net_kw for part in self.parts], axis=0)
-        self.shared = bool(np.any(total > upper + tolerance) or np.any(total < lower - tolerance))
+        total = self._total()
+        self.shared = self._exceeds(total)
         if not self.shared:
             if not priced:
                 self.mu = None
@@ -1914,12 +1958,10 @@ class Decomposed:
             priced = True
         if priced:
             # 3. the limit is shared out again, unpriced, and the parts solved within it.
-            total = np.sum([part.net_kw for part in self.parts], axis=0)
-            solver_s += self._solve_within(self._shares(total, lower, upper), deadline)
+            solver_s += self._solve_within(self._shares(self._total(), lower, upper), deadline)
         if any(part.plan is None or not part.plan.has_solution for part in self.parts):
             return self._whole(started)
-        total = np.sum([part.net_kw for part in self.parts], axis=0)
-        if np.any(total > upper + tolerance) or np.any(total < lower - tolerance):
+        if self._exceeds(self._total()):
             return self._whole(started)
         return self._assemble(started, build_s, solver_s)
 

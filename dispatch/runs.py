@@ -11,13 +11,16 @@ starts outside a run with nothing owed.
 relaxation's fractional reductions). `priced_runs` picks the runs worth the most money at given
 prices: the reduction saved, less the load's cost and what repaying its rebound costs, with the
 owed energy as a state in steps of about a third of an interval's full rebound. The linear
-program that receives the runs then sets the depths and draws exactly.
+program that receives the runs then sets the depths and draws exactly. That programme has
+thousands of states per load and interval, so it is compiled (numba) and runs load by load
+without the interpreter's lock: parts solved on threads round their loads at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -133,9 +136,8 @@ def priced_runs(
     plain = np.flatnonzero(~owes)
     if plain.size:
         out[plain] = plant_runs(worth[plain], _take(rules, plain))
-    # Loads of one duration at a time: each has as many states as its longest run.
-    for duration in np.unique(rules.duration[owes]):
-        owing = np.flatnonzero(owes & (rules.duration == duration))
+    owing = np.flatnonzero(owes)
+    if owing.size:
         out[owing] = _owing_runs(
             gain[owing],
             price[owing],
@@ -165,12 +167,8 @@ def _owing_runs(
     rebound: Rebound,
     end_cost: float,
 ) -> FloatArray:
-    """`priced_runs` of loads that rebound. States per load: running for d intervals with q
-    steps owed, or off for a intervals (since the last reduction; the last age stands for all
-    older ones) after a voluntary or a forced release with q owed. Each step's choices are
-    kept so that the best path is traced back for all loads at once."""
+    """`priced_runs` of loads that rebound, load by load (`_load_runs`)."""
     k, t = gain.shape
-    rows = np.arange(k)
     duration = np.minimum(rules.duration, t)
     deepest = np.maximum(depth_kw.max(axis=1), 1e-9)
     fraction = rebound.fraction
@@ -179,102 +177,155 @@ def _owing_runs(
     step_kw = fraction * deepest / per_interval
     inc = np.rint(fraction[:, None] * depth_kw / step_kw[:, None]).astype(np.int64)
     draw = np.floor(rebound.draw_max_kw / step_kw + 1e-9).astype(np.int64)
-    cap = int(max(1, np.ceil(OWED_CAP_RUNS * (inc.max(axis=1) * duration).max())))
-    levels = cap + 1
-    longest = int(duration.max())
-    ages = int(max(rebound.window.max(), rules.rest.max(), rules.forced_rest.max(), 2))
-    q = np.arange(levels)
-    a_index = np.arange(ages)
-    need = np.stack([np.maximum(rules.rest, 1), np.maximum(rules.forced_rest, 1)], axis=1)
-    may_start = (a_index[None, None, :] + 1 >= need[:, :, None])[..., None]  # (k, 2, A, 1)
-    # Nothing owed once the window has passed since the last reduction.
-    closed = (a_index[None, :] + 1 >= rebound.window[:, None])[:, None, :, None] & (q > 0)
-    closed = np.broadcast_to(closed, (k, 2, ages, levels))
-    full_gain = gain * depth_kw
+    levels = 1 + np.maximum(1, np.ceil(OWED_CAP_RUNS * inc.max(axis=1) * duration)).astype(np.int64)
     # The rebound of the least reduction is too small to count in steps: it is costed at the
     # cheapest price it could be drawn at later (runs may carry it on), or owed at the end.
     repay = _cheapest_later(price, end_cost)
     least_gain = RUN_MIN_DEPTH * depth_kw * (gain - fraction[:, None] * repay)
+    full_gain = np.where(depth_kw > 0, gain * depth_kw, _NEG)
+    least_gain = np.where(depth_kw > 0, least_gain, _NEG)
     draw_cost = price * step_kw[:, None]
-
-    run = np.full((k, longest, levels), _NEG)
-    off = np.full((k, 2, ages, levels), _NEG)
-    off[:, 0, ages - 1, 0] = 0.0
-    went_full = np.zeros((t, k, longest, levels), dtype=bool)
-    started_from = np.zeros((t, k, levels), dtype=np.int16)  # (type, age) of a start
-    released_at = np.zeros((t, k, levels), dtype=np.int16)  # run length - 1 of a release
-    stayed_old = np.zeros((t, k, 2, levels), dtype=bool)  # oldest age from oldest age
-    drawn_steps = np.zeros((t, k, 2, ages, levels), dtype=np.int8)
-    most_drawn = min(int(draw.max(initial=0)), levels - 1)
-    drawable = [(m <= draw)[:, None, None, None] for m in range(most_drawn + 1)]
-    for s in range(t):
-        # Off in s: just released (age 1), or one interval older.
-        before = np.empty((k, 2, ages, levels))
-        before[:, 0, 0] = _NEG
-        if longest > 1:
-            released_at[s] = run[:, :-1].argmax(axis=1)
-            before[:, 0, 0] = run[:, :-1].max(axis=1)
-        before[:, 1, 0] = run[:, -1]
-        before[:, :, 1:] = off[:, :, :-1]
-        stayed_old[s] = off[:, :, -1] > off[:, :, -2]
-        np.maximum(off[:, :, -2], off[:, :, -1], out=before[:, :, -1])
-        # Draw m steps of what is owed, at this interval's price.
-        after = before.copy()
-        for m in range(1, most_drawn + 1):
-            candidate = before[..., m:] - (m * draw_cost[:, s])[:, None, None, None]
-            kept = after[..., : levels - m]
-            better = (candidate > kept) & drawable[m]
-            np.copyto(kept, candidate, where=better)
-            drawn_steps[s, ..., : levels - m][better] = m
-        after[closed] = _NEG
-        # In a run in s: start from a long enough rest, or go on.
-        starts = np.where(may_start, off, _NEG).reshape(k, 2 * ages, levels)
-        started_from[s] = starts.argmax(axis=1)
-        source = np.empty((k, longest, levels))
-        source[:, 0] = starts.max(axis=1)
-        source[:, 1:] = run[:, :-1]
-        deep = np.full((k, longest, levels), _NEG)
-        for c in np.unique(inc[:, s]):  # steps owed by a full-depth interval
-            these = inc[:, s] == c
-            if c < levels:
-                deep[these, :, c:] = source[these, :, : levels - c]
-        deep += full_gain[:, s, None, None]
-        shallow = source + least_gain[:, s, None, None]
-        went_full[s] = deep > shallow
-        run = np.maximum(deep, shallow)
-        run[depth_kw[:, s] <= 0] = _NEG
-        off = after
-    # The best end, what is still owed costed; then back through the kept choices.
-    owed_end = (q[None, :] * step_kw[:, None]) * end_cost
-    run_end = run - owed_end[:, None, :]
-    off_end = off - owed_end[:, None, None, :]
-    best_run: IntArray = run_end.reshape(k, -1).argmax(axis=1)
-    best_off: IntArray = off_end.reshape(k, -1).argmax(axis=1)
-    running = run_end.reshape(k, -1)[rows, best_run] >= off_end.reshape(k, -1)[rows, best_off]
-    d = best_run // levels  # run length - 1 (0 when off)
-    kind = best_off // levels // ages  # 0 voluntary, 1 forced release (when off)
-    age = best_off // levels % ages  # age - 1 (when off)
-    level = np.where(running, best_run % levels, best_off % levels)
-    d = np.where(running, d, 0)
     out = np.zeros((k, t))
-    for s in range(t - 1, 0, -1):
-        out[:, s] = running
-        # In a run: a level less after a full-depth interval; from a rest when d = 0.
-        was_full = went_full[s, rows, d, level]
-        prior = np.where(running & was_full, level - inc[rows, s], level)
-        start_at = started_from[s, rows, prior].astype(np.int64)
-        from_off = running & (d == 0)
-        # Off: more owed before the draw; from a run at age 1.
-        drawn = drawn_steps[s, rows, kind, age, level].astype(np.int64)
-        owed = np.where(running, prior, level + drawn)
-        from_run = ~running & (age == 0)
-        release = np.where(kind == 0, released_at[s, rows, owed], duration - 1)
-        oldest = ~running & (age == ages - 1) & stayed_old[s, rows, kind, owed]
-        older = np.where(oldest, age, np.maximum(age - 1, 0))
-        level = owed
-        d = np.where(running, np.where(from_off, 0, d - 1), np.where(from_run, release, 0))
-        kind = np.where(from_off, start_at // ages, kind)
-        age = np.where(from_off, start_at % ages, np.where(running, 0, older))
-        running = np.where(running, ~from_off, from_run)
-    out[:, 0] = running
+    for j in range(k):
+        out[j] = _load_runs(
+            full_gain[j],
+            least_gain[j],
+            draw_cost[j],
+            inc[j],
+            int(duration[j]),
+            max(int(rules.rest[j]), 1),
+            max(int(rules.forced_rest[j]), 1),
+            int(rebound.window[j]),
+            int(draw[j]),
+            int(levels[j]),
+            float(step_kw[j] * end_cost),
+        )
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _load_runs(
+    full_gain: FloatArray,
+    least_gain: FloatArray,
+    draw_cost: FloatArray,
+    inc: IntArray,
+    longest: int,
+    rest: int,
+    forced_rest: int,
+    window: int,
+    draw: int,
+    levels: int,
+    owed_end: float,
+) -> FloatArray:  # pragma: no cover (compiled; its Python source is not traced)
+    """On/off per interval of one rebounding load, by dynamic programming over its states:
+    running for d + 1 intervals with q steps owed, or off for a + 1 intervals (since the last
+    reduction; the last age stands for all older ones) after a voluntary (0) or a forced (1)
+    release with q steps owed. In a run an interval reduces fully (gain `full_gain`, owing
+    `inc` more steps) or the least it may (`least_gain`); off, it may draw up to `draw` steps
+    at `draw_cost` each; nothing is owed `window` intervals after the last reduction; a start
+    waits `rest` intervals after a voluntary release, `forced_rest` after a forced one. Each
+    step's choices are kept, and the best path is traced back from the best end (what is
+    still owed costing `owed_end` a step)."""
+    t = full_gain.shape[0]
+    ages = max(window, rest, forced_rest, 2)
+    neg = -np.inf
+    run = np.full((longest, levels), neg)
+    off = np.full((2, ages, levels), neg)
+    off[0, ages - 1, 0] = 0.0
+    went_full = np.zeros((t, longest, levels), dtype=np.bool_)
+    started_from = np.zeros((t, levels), dtype=np.int64)  # 2-D index (kind, age) of a start
+    released_at = np.zeros((t, levels), dtype=np.int64)  # run index of a voluntary release
+    stayed_old = np.zeros((t, 2, levels), dtype=np.bool_)  # the oldest age from the oldest
+    drawn = np.zeros((t, 2, ages, levels), dtype=np.int64)
+    new_run = np.empty((longest, levels))
+    new_off = np.empty((2, ages, levels))
+    before = np.empty((2, ages))
+    start = np.empty(levels)  # the best start per level owed
+    for s in range(t):
+        # Off in s: just released (age 1), or one interval older; then draw m steps.
+        for q in range(levels):
+            best, arg = neg, 0
+            for d in range(longest - 1):
+                if run[d, q] > best:
+                    best, arg = run[d, q], d
+            released_at[s, q] = arg
+            before[0, 0] = best
+            before[1, 0] = run[longest - 1, q]
+            for kind in range(2):
+                for a in range(1, ages):
+                    before[kind, a] = off[kind, a - 1, q]
+                stay = off[kind, ages - 1, q] > off[kind, ages - 2, q]
+                stayed_old[s, kind, q] = stay
+                if stay:
+                    before[kind, ages - 1] = off[kind, ages - 1, q]
+            for kind in range(2):
+                for a in range(ages):
+                    new_off[kind, a, q] = before[kind, a]
+        for kind in range(2):
+            for a in range(ages):
+                # Draws: from q + m owed to q, in increasing q so `new_off` still holds the
+                # undrawn values above q.
+                for q in range(levels):
+                    best, arg = new_off[kind, a, q], 0
+                    for m in range(1, min(draw, levels - 1 - q) + 1):
+                        value = new_off[kind, a, q + m] - m * draw_cost[s]
+                        if value > best:
+                            best, arg = value, m
+                    new_off[kind, a, q] = best
+                    drawn[s, kind, a, q] = arg
+                if a + 1 >= window:  # the window has passed: nothing may be owed
+                    for q in range(1, levels):
+                        new_off[kind, a, q] = neg
+        # In a run in s: start from a long enough rest, or go on; full depth or the least.
+        for q in range(levels):
+            best, arg = neg, 0
+            for kind in range(2):
+                need = rest if kind == 0 else forced_rest
+                for a in range(need - 1, ages):
+                    if off[kind, a, q] > best:
+                        best, arg = off[kind, a, q], kind * ages + a
+            start[q] = best
+            started_from[s, q] = arg
+        for q in range(levels):
+            for d in range(longest):
+                shallow = (start[q] if d == 0 else run[d - 1, q]) + least_gain[s]
+                deep = neg
+                if q >= inc[s]:
+                    deep = (start[q - inc[s]] if d == 0 else run[d - 1, q - inc[s]]) + full_gain[s]
+                went_full[s, d, q] = deep > shallow
+                new_run[d, q] = deep if deep > shallow else shallow
+        run, new_run = new_run, run
+        off, new_off = new_off, off
+    # The best end, then back through the kept choices.
+    best, running, d, kind, age, level = neg, True, 0, 0, 0, 0
+    for q in range(levels):
+        for dd in range(longest):
+            if run[dd, q] - q * owed_end > best:
+                best, running, d, level = run[dd, q] - q * owed_end, True, dd, q
+        for kk in range(2):
+            for a in range(ages):
+                if off[kk, a, q] - q * owed_end > best:
+                    best, running, kind, age, level = off[kk, a, q] - q * owed_end, False, kk, a, q
+    on = np.zeros(t)
+    for s in range(t - 1, -1, -1):
+        on[s] = 1.0 if running else 0.0
+        if s == 0:
+            break
+        if running:
+            if went_full[s, d, level]:
+                level -= inc[s]
+            if d == 0:
+                origin = started_from[s, level]
+                running, kind, age = False, origin // ages, origin % ages
+            else:
+                d -= 1
+        else:
+            level += drawn[s, kind, age, level]
+            if age == 0:
+                running = True
+                d = released_at[s, level] if kind == 0 else longest - 1
+            elif age == ages - 1 and stayed_old[s, kind, level]:
+                pass
+            else:
+                age -= 1
+    return on

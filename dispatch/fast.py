@@ -142,38 +142,36 @@ class LinearProgram:
         hi[cols] = np.broadcast_to(np.asarray(upper, float), cols.shape)
         self.lower, self.upper = [lo], [hi]
 
-    def model(self, *, relaxed: bool = False) -> highspy.HighsModel:
-        """The HiGHS model; `relaxed` leaves every column continuous (the LP relaxation)."""
-        lp = highspy.HighsLp()
-        lp.num_col_ = self.n
-        lp.num_row_ = self.m
-        lp.col_cost_ = _cat(self.cost)
-        lp.col_lower_ = _cat(self.lower)
-        lp.col_upper_ = _cat(self.upper)
-        lp.row_lower_ = _cat(self.row_lower)
-        lp.row_upper_ = _cat(self.row_upper)
-        lp.offset_ = self.offset
+    def pass_to(self, highs: highspy.Highs, *, relaxed: bool = False) -> None:
+        """Give `highs` the model, as arrays in one call; `relaxed` leaves every column
+        continuous (the LP relaxation)."""
         rows = _cat_int(self.coef_rows)
         cols = _cat_int(self.coef_cols)
-        values = _cat(self.coef_values)
         order = np.lexsort((rows, cols))
         starts = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(np.bincount(cols, minlength=self.n), out=starts[1:])
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = starts.astype(np.int32)
-        lp.a_matrix_.index_ = rows[order].astype(np.int32)
-        lp.a_matrix_.value_ = values[order]
-        lp.a_matrix_.num_col_ = self.n
-        lp.a_matrix_.num_row_ = self.m
+        integrality = np.zeros(self.n, dtype=np.int32)  # 0: kContinuous, 1: kInteger
         if self.has_integers and not relaxed:
-            kinds = _cat(self.integer)
-            lp.integrality_ = [
-                highspy.HighsVarType.kInteger if k else highspy.HighsVarType.kContinuous
-                for k in kinds
-            ]
-        model = highspy.HighsModel()
-        model.lp_ = lp
-        return model
+            integrality = _cat(self.integer).astype(np.int32)
+        status = highs.passModel(
+            self.n,
+            self.m,
+            int(order.size),
+            int(highspy.MatrixFormat.kColwise),
+            int(highspy.ObjSense.kMinimize),
+            self.offset,
+            _cat(self.cost),
+            _cat(self.lower),
+            _cat(self.upper),
+            _cat(self.row_lower),
+            _cat(self.row_upper),
+            starts[:-1].astype(np.int32),
+            rows[order].astype(np.int32),
+            _cat(self.coef_values)[order],
+            integrality,
+        )
+        if status == highspy.HighsStatus.kError:
+            raise RuntimeError("HiGHS refused the model")
 
     @property
     def nonzeros(self) -> int:
@@ -1032,17 +1030,14 @@ def run(built: Built, options: SolveOptions, time_limit_s: float | None = None) 
         # (about 3× the solve on a 50-asset part). MIPs keep it for their cuts.
         highs.setOptionValue("presolve", "off")
     started = time.perf_counter()
-    model = built.lp.model()
-    highs.passModel(model)
+    built.lp.pass_to(highs)
     built.build_s += time.perf_counter() - started
     if built.lp.has_integers:
-        _give_incumbent(built, model, highs, options)
+        _give_incumbent(built, highs, options)
     return _rerun(built, highs)
 
 
-def _give_incumbent(
-    built: Built, model: highspy.HighsModel, highs: highspy.Highs, options: SolveOptions
-) -> None:
+def _give_incumbent(built: Built, highs: highspy.Highs, options: SolveOptions) -> None:
     """Hand the MIP a good first schedule: round the LP relaxation's binaries (greedy run
     starts, commitments at one half), fix them and solve the LP that is left.
 
@@ -1050,9 +1045,8 @@ def _give_incumbent(
     incumbent HiGHS proves the gap at the root instead of searching sub-MIPs for seconds.
     """
     lp_solver = _highs(options)
-    lp_solver.setOptionValue("solve_relaxation", True)
     lp_solver.setOptionValue("presolve", "off")
-    lp_solver.passModel(model)
+    built.lp.pass_to(lp_solver, relaxed=True)
     lp_solver.run()
     if lp_solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return
@@ -1290,7 +1284,7 @@ class Rounded:
         self.highs = _highs(options)
         self.highs.setOptionValue("presolve", "off")  # see `run`
         started = time.perf_counter()
-        self.highs.passModel(built.lp.model(relaxed=True))
+        built.lp.pass_to(self.highs, relaxed=True)
         built.build_s += time.perf_counter() - started
         lp = built.lp
         self._integer = _cat_int([group.cols for group in built.rounding]).astype(np.int32)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dispatch import fast
 from dispatch.problem import DispatchProblem
-from dispatch.runs import PlantRules, Rebound, priced_runs
+from dispatch.runs import RUN_MIN_DEPTH, PlantRules, Rebound, priced_runs
 from tests.unit.dispatch.test_curtailment_runs import exact, hourly, load, plant_allows
 
 
@@ -93,13 +93,22 @@ def rebounding(draw: st.DrawFn) -> DispatchProblem:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rebounding())
-def test_priced_runs_are_within_a_fraction_of_a_percent_of_the_best(
+def test_priced_runs_are_best_but_for_the_least_reductions_rebound(
     problem: DispatchProblem,
 ) -> None:
-    # The runs are exact but for the least reductions' rebound, which is costed at the
-    # cheapest later price: a few currency units on these cases.
-    best = best_pattern_cost(problem)
-    assert rounded_cost(problem, priced=True) <= best + 0.005 * abs(best) + 1e-6
+    # The runs are exact but for the rebound of reductions at the least depth, which is
+    # costed at the cheapest later price instead of where it is drawn: each such interval may
+    # be misjudged by its rebound times the spread of the prices.
+    block = problem.curtailable
+    model = fast.Rounded(fast.build(problem), exact())
+    physical = model.physical(model.relax())
+    assert physical.has_solution
+    reduced = block.baseline_kw[0] - fast.schedule_of(model.built, physical.x).power_of("load")
+    depth = block.reduction_max_kw[0]
+    least = int(np.sum((reduced > 1e-6) & (reduced < 0.5 * depth)))
+    spread = float(problem.price_per_mwh.max() - problem.price_per_mwh.min()) / 1000.0
+    misjudged = least * RUN_MIN_DEPTH * float(depth.max()) * block.rebound_fraction[0] * spread
+    assert physical.objective <= best_pattern_cost(problem) + misjudged + 1e-6
 
 
 def test_a_chain_of_runs_carries_the_rebound_to_a_negative_price() -> None:

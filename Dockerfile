@@ -23,8 +23,11 @@ COPY adapters ./adapters
 COPY dispatch ./dispatch
 COPY market ./market
 # With the "distributed" extra the same image runs `dask worker` for the dispatch fan-out.
+# The dispatch's compiled run programme goes into numba's cache here: the running user
+# cannot write beside the installed modules.
 RUN /opt/vpp/bin/pip install ".[distributed]" \
-    && /opt/vpp/bin/vpp --version
+    && /opt/vpp/bin/vpp --version \
+    && /opt/vpp/bin/python -c "from dispatch.runs import warm_up; warm_up()"
 
 # --- run ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

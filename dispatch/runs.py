@@ -155,6 +155,21 @@ def _cheapest_later(price: FloatArray, end_cost: float) -> FloatArray:
     return np.minimum(np.minimum.accumulate(later[:, ::-1], axis=1)[:, ::-1], end_cost)
 
 
+def warm_up() -> None:
+    """Compile the programme for loads that rebound now, into numba's cache beside this
+    module, rather than in the first plan of a fresh installation (about 4 s)."""
+    price = np.array([[1.0, -1.0]])
+    one = np.ones(1, dtype=np.int64)
+    priced_runs(
+        price,
+        price,
+        np.ones((1, 2)),
+        PlantRules(one, one, one),
+        Rebound(np.ones(1), one, np.ones(1)),
+        0.0,
+    )
+
+
 def _take(rules: PlantRules, index: IntArray) -> PlantRules:
     return PlantRules(rules.duration[index], rules.rest[index], rules.forced_rest[index])
 

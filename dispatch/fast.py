@@ -1303,7 +1303,8 @@ class Rounded:
                 self._integer.size, self._integer, self._integer_lower, self._integer_upper
             )
         relaxed = _rerun(self.built, self.highs)
-        if relaxed.has_solution:
+        if relaxed.has_solution and relaxed.termination is Termination.OPTIMAL:
+            # Duals of an unfinished solve are no prices: its runs then cover its reductions.
             relaxed.marginal = self.built.marginal(np.asarray(self.highs.getSolution().row_dual))
         return relaxed
 

@@ -34,6 +34,8 @@ RUN_MIN_DEPTH = 0.01
 OWED_STEP_SHARE = 1.0 / 3.0
 #: The most a load may owe, in full-depth runs of its longest duration.
 OWED_CAP_RUNS = 2.0
+#: ... in at most this many steps.
+OWED_MAX_STEPS = 96
 _NEG = -np.inf
 
 
@@ -187,12 +189,14 @@ def _owing_runs(
     duration = np.minimum(rules.duration, t)
     deepest = np.maximum(depth_kw.max(axis=1), 1e-9)
     fraction = rebound.fraction
-    # Owed in steps: a full-depth interval owes a whole number of them.
+    # Owed in steps: a full-depth interval owes a whole number of them, unless the most a
+    # load may owe would take more than OWED_MAX_STEPS (long runs): then coarser steps.
     per_interval = np.maximum(1.0, np.ceil(fraction / OWED_STEP_SHARE - 1e-9))
-    step_kw = fraction * deepest / per_interval
+    most = OWED_CAP_RUNS * fraction * deepest * duration
+    step_kw = np.maximum(fraction * deepest / per_interval, most / OWED_MAX_STEPS)
     inc = np.rint(fraction[:, None] * depth_kw / step_kw[:, None]).astype(np.int64)
     draw = np.floor(rebound.draw_max_kw / step_kw + 1e-9).astype(np.int64)
-    levels = 1 + np.maximum(1, np.ceil(OWED_CAP_RUNS * inc.max(axis=1) * duration)).astype(np.int64)
+    levels = 1 + np.clip(np.ceil(most / step_kw - 1e-9), 1, OWED_MAX_STEPS).astype(np.int64)
     # The rebound of the least reduction is too small to count in steps: it is costed at the
     # cheapest price it could be drawn at later (runs may carry it on), or owed at the end.
     repay = _cheapest_later(price, end_cost)

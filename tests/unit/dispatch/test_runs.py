@@ -128,3 +128,23 @@ def test_a_chain_of_runs_carries_the_rebound_to_a_negative_price() -> None:
     # at -1000 (earning 2000), the third is owed at the end (price 0): 4000. Drawing the first
     # run's back at 500 instead, or a full first run (which rests two), is worth less.
     assert on[0].tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
+
+
+def test_long_runs_keep_the_plant_rules_and_take_the_dear_hours() -> None:
+    # Runs of up to 95 quarter-hours would owe up to 190 intervals' rebound: in at most
+    # OWED_MAX_STEPS steps, the pattern still one the plant allows, and the dearest hours
+    # (whose saving beats any rebound) reduced.
+    t = 96
+    rng = np.random.default_rng(3)
+    price = rng.uniform(-0.2, 1.0, (1, t))
+    price[0, 40:48] = 5.0
+    on = priced_runs(
+        price - 0.1,
+        price,
+        np.full((1, t), 2.0),
+        PlantRules(np.array([95]), np.array([4]), np.array([8])),
+        Rebound(np.array([1.0]), np.array([8]), np.array([2.0])),
+        0.0,
+    )
+    assert plant_allows(on[0].astype(bool).tolist(), 95, 4, 8)
+    assert on[0, 40:48].all()

@@ -130,23 +130,44 @@ def priced_runs(
     values; those with rebound also carry what they owe.
     """
     k, t = gain.shape
-    full = gain * depth_kw
-    worth = np.where(full > 0, full, RUN_MIN_DEPTH * full)
-    worth = np.where(depth_kw > 0, worth, _NEG)
+    full = np.where(depth_kw > 0, gain * depth_kw, _NEG)
     out = np.zeros((k, t))
-    owes = rebound.fraction > 0
-    plain = np.flatnonzero(~owes)
+    plain = np.flatnonzero(rebound.fraction <= 0)
     if plain.size:
+        worth = np.where(full > 0, full, RUN_MIN_DEPTH * full)
         out[plain] = plant_runs(worth[plain], _take(rules, plain))
-    owing = np.flatnonzero(owes)
-    if owing.size:
-        out[owing] = _owing_runs(
-            gain[owing],
-            price[owing],
-            depth_kw[owing],
-            _take(rules, owing),
-            Rebound(rebound.fraction[owing], rebound.window[owing], rebound.draw_max_kw[owing]),
-            end_cost,
+    duration = np.minimum(rules.duration, t)
+    deepest = np.maximum(depth_kw.max(axis=1), 1e-9)
+    fraction = rebound.fraction
+    # Owed in steps: a full-depth interval owes a whole number of them, unless the most a
+    # load may owe would take more than OWED_MAX_STEPS (long runs): then coarser steps.
+    per_interval = np.maximum(1.0, np.ceil(fraction / OWED_STEP_SHARE - 1e-9))
+    most = OWED_CAP_RUNS * fraction * deepest * duration
+    step_kw = np.maximum(fraction * deepest / per_interval, most / OWED_MAX_STEPS)
+    step_kw = np.where(fraction > 0, step_kw, 1.0)
+    inc = np.rint(fraction[:, None] * depth_kw / step_kw[:, None]).astype(np.int64)
+    draw = np.floor(rebound.draw_max_kw / step_kw + 1e-9).astype(np.int64)
+    levels = 1 + np.clip(np.ceil(most / step_kw - 1e-9), 1, OWED_MAX_STEPS).astype(np.int64)
+    # The rebound of the least reduction is too small to count in steps: it is costed at the
+    # cheapest price it could be drawn at later (runs may carry it on), or owed at the end.
+    repay = _cheapest_later(price, end_cost)
+    least = np.where(
+        depth_kw > 0, RUN_MIN_DEPTH * depth_kw * (gain - fraction[:, None] * repay), _NEG
+    )
+    draw_cost = price * step_kw[:, None]
+    for j in np.flatnonzero(fraction > 0):
+        out[j] = _load_runs(
+            full[j],
+            least[j],
+            draw_cost[j],
+            inc[j],
+            int(duration[j]),
+            max(int(rules.rest[j]), 1),
+            max(int(rules.forced_rest[j]), 1),
+            int(rebound.window[j]),
+            int(draw[j]),
+            int(levels[j]),
+            float(step_kw[j] * end_cost),
         )
     return out
 
@@ -174,52 +195,6 @@ def warm_up() -> None:
 
 def _take(rules: PlantRules, index: IntArray) -> PlantRules:
     return PlantRules(rules.duration[index], rules.rest[index], rules.forced_rest[index])
-
-
-def _owing_runs(
-    gain: FloatArray,
-    price: FloatArray,
-    depth_kw: FloatArray,
-    rules: PlantRules,
-    rebound: Rebound,
-    end_cost: float,
-) -> FloatArray:
-    """`priced_runs` of loads that rebound, load by load (`_load_runs`)."""
-    k, t = gain.shape
-    duration = np.minimum(rules.duration, t)
-    deepest = np.maximum(depth_kw.max(axis=1), 1e-9)
-    fraction = rebound.fraction
-    # Owed in steps: a full-depth interval owes a whole number of them, unless the most a
-    # load may owe would take more than OWED_MAX_STEPS (long runs): then coarser steps.
-    per_interval = np.maximum(1.0, np.ceil(fraction / OWED_STEP_SHARE - 1e-9))
-    most = OWED_CAP_RUNS * fraction * deepest * duration
-    step_kw = np.maximum(fraction * deepest / per_interval, most / OWED_MAX_STEPS)
-    inc = np.rint(fraction[:, None] * depth_kw / step_kw[:, None]).astype(np.int64)
-    draw = np.floor(rebound.draw_max_kw / step_kw + 1e-9).astype(np.int64)
-    levels = 1 + np.clip(np.ceil(most / step_kw - 1e-9), 1, OWED_MAX_STEPS).astype(np.int64)
-    # The rebound of the least reduction is too small to count in steps: it is costed at the
-    # cheapest price it could be drawn at later (runs may carry it on), or owed at the end.
-    repay = _cheapest_later(price, end_cost)
-    least_gain = RUN_MIN_DEPTH * depth_kw * (gain - fraction[:, None] * repay)
-    full_gain = np.where(depth_kw > 0, gain * depth_kw, _NEG)
-    least_gain = np.where(depth_kw > 0, least_gain, _NEG)
-    draw_cost = price * step_kw[:, None]
-    out = np.zeros((k, t))
-    for j in range(k):
-        out[j] = _load_runs(
-            full_gain[j],
-            least_gain[j],
-            draw_cost[j],
-            inc[j],
-            int(duration[j]),
-            max(int(rules.rest[j]), 1),
-            max(int(rules.forced_rest[j]), 1),
-            int(rebound.window[j]),
-            int(draw[j]),
-            int(levels[j]),
-            float(step_kw[j] * end_cost),
-        )
-    return out
 
 
 @numba.njit(cache=True, nogil=True)

@@ -155,13 +155,21 @@ def test_best_pattern_matches_enumeration(duration: int, rest: int, window: int)
     assert rounded.objective >= expected - 1e-4
 
 
+PRICES = st.floats(0, 1500)
+
+
 @st.composite
-def rebounding(draw: st.DrawFn) -> DispatchProblem:
-    t = 12
-    prices = draw(st.lists(st.floats(0, 1500), min_size=t, max_size=t))
+def rebounding(
+    draw: st.DrawFn,
+    t: int = 12,
+    price: st.SearchStrategy[float] = PRICES,
+    longest: int = 4,
+) -> DispatchProblem:
+    """One load over `t` hours at `price`s, with runs of up to `longest` hours."""
+    prices = draw(st.lists(price, min_size=t, max_size=t))
     block = load(
         t,
-        duration=draw(st.integers(1, 4)),
+        duration=draw(st.integers(1, longest)),
         rest=draw(st.integers(0, 2)),
         window=draw(st.integers(1, 3)),
         rebound=draw(st.sampled_from([0.0, 0.5, 1.0])),

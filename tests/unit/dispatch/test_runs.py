@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from dispatch import fast
 from dispatch.problem import DispatchProblem
 from dispatch.runs import RUN_MIN_DEPTH, PlantRules, Rebound, priced_runs
-from tests.unit.dispatch.test_curtailment_runs import exact, hourly, load, plant_allows
+from tests.unit.dispatch.test_curtailment_runs import (
+    exact,
+    hourly,
+    load,
+    plant_allows,
+    rebounding,
+)
 
 
 def best_pattern_cost(problem: DispatchProblem) -> float:
@@ -75,24 +81,11 @@ def test_priced_runs_find_the_best_pattern(
         assert covering == pytest.approx(best, abs=1e-6)
 
 
-@st.composite
-def rebounding(draw: st.DrawFn) -> DispatchProblem:
-    t = 8
-    levels = [-300.0, 0.0, 100.0, 300.0, 600.0, 900.0, 1200.0]
-    prices = draw(st.lists(st.sampled_from(levels), min_size=t, max_size=t))
-    block = load(
-        t,
-        duration=draw(st.integers(1, 3)),
-        rest=draw(st.integers(0, 2)),
-        window=draw(st.integers(1, 3)),
-        rebound=draw(st.sampled_from([0.0, 0.5, 1.0])),
-        cost=draw(st.floats(0, 400)),
-    )
-    return hourly(prices, block)
+PRICE_LEVELS = [-300.0, 0.0, 100.0, 300.0, 600.0, 900.0, 1200.0]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rebounding())
+@given(rebounding(8, st.sampled_from(PRICE_LEVELS), 3))
 def test_priced_runs_are_best_but_for_the_least_reductions_rebound(
     problem: DispatchProblem,
 ) -> None:

@@ -1305,7 +1305,8 @@ class Rounded:
         relaxed = _rerun(self.built, self.highs)
         if relaxed.has_solution and relaxed.termination is Termination.OPTIMAL:
             # Duals of an unfinished solve are no prices: its runs then cover its reductions.
-            relaxed.marginal = self.built.marginal(np.asarray(self.highs.getSolution().row_dual))
+            marginal = self.built.marginal(np.asarray(self.highs.getSolution().row_dual))
+            relaxed.marginal = marginal if np.all(np.isfinite(marginal.kw)) else None
         return relaxed
 
     def physical(self, relaxed: Run, *, priced: bool = True) -> Run:

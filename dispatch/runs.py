@@ -12,15 +12,16 @@ relaxation's fractional reductions). `priced_runs` picks the runs worth the most
 prices: the reduction saved, less the load's cost and what repaying its rebound costs, with the
 owed energy as a state in steps of about a third of an interval's full rebound. The linear
 program that receives the runs then sets the depths and draws exactly. That programme has
-thousands of states per load and interval, so it is compiled (numba) and runs load by load
-without the interpreter's lock: parts solved on threads round their loads at once.
+thousands of states per load and interval, so it is compiled (numba, on first use) and runs
+load by load without the interpreter's lock: parts solved on threads round their loads at once.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -156,7 +157,7 @@ def priced_runs(
     )
     draw_cost = price * step_kw[:, None]
     for j in np.flatnonzero(fraction > 0):
-        out[j] = _load_runs(
+        out[j] = _compiled_load_runs()(
             full[j],
             least[j],
             draw_cost[j],
@@ -197,7 +198,16 @@ def _take(rules: PlantRules, index: IntArray) -> PlantRules:
     return PlantRules(rules.duration[index], rules.rest[index], rules.forced_rest[index])
 
 
-@numba.njit(cache=True, nogil=True)
+@functools.cache
+def _compiled_load_runs() -> Callable[..., FloatArray]:
+    """`_load_runs` compiled (numba, cached beside this module), on first use: importing
+    numba costs most of a second, which a process that never prices runs does not pay."""
+    import numba  # noqa: PLC0415 - numba is slow to import
+
+    compiled: Callable[..., FloatArray] = numba.njit(cache=True, nogil=True)(_load_runs)
+    return compiled
+
+
 def _load_runs(
     full_gain: FloatArray,
     least_gain: FloatArray,

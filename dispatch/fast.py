@@ -204,8 +204,8 @@ class _RunStarts:
     length: int
     runs: int
 
-    def round(self, x: FloatArray) -> FloatArray:
-        """The LP's most-wanted starts, greedily, that do not overlap."""
+    def round(self, x: FloatArray, marginal: Marginal | None = None) -> FloatArray:
+        """The LP's most-wanted starts, greedily, that do not overlap (`marginal`: unused)."""
         values = x[self.cols]
         chosen = np.zeros(self.cols.size)
         busy = np.zeros(self.cols.size + self.length, dtype=bool)
@@ -224,7 +224,7 @@ class _Threshold:
 
     cols: IntArray
 
-    def round(self, x: FloatArray) -> FloatArray:
+    def round(self, x: FloatArray, marginal: Marginal | None = None) -> FloatArray:
         return np.asarray((x[self.cols] >= 0.5).astype(float))
 
 
@@ -267,11 +267,15 @@ class Built:
         self.power_col.append(cols.ravel())
         self.power_coef.append(np.broadcast_to(np.asarray(coef, float), cols.shape).ravel())
 
-    def marginal(self, row_dual: FloatArray) -> Marginal:
-        """What a kW more costs at each enterprise's connection, by a solve's row duals."""
-        y = np.asarray(row_dual)
+    def marginal(self, highs: highspy.Highs) -> Marginal | None:
+        """What a kW more costs at each enterprise's connection, by the row duals of `highs`'s
+        last solve; None unless that solve reached its optimum with finite duals (the duals
+        of an unfinished solve are no prices)."""
+        if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return None
+        y = np.asarray(highs.getSolution().row_dual)
         kw = -(y[self.enterprise_rows] + y[self.grid_rows][None, :])
-        return Marginal(kw, owed_cost(self.problem))
+        return Marginal(kw, owed_cost(self.problem)) if np.all(np.isfinite(kw)) else None
 
     def power(self, x: FloatArray) -> FloatArray:
         power = self.power_const.copy()
@@ -1050,11 +1054,10 @@ def _give_incumbent(built: Built, highs: highspy.Highs, options: SolveOptions) -
     lp_solver.run()
     if lp_solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return
-    solution = lp_solver.getSolution()
-    x = np.asarray(solution.col_value)
-    marginal = built.marginal(np.asarray(solution.row_dual))
+    x = np.asarray(lp_solver.getSolution().col_value)
+    marginal = built.marginal(lp_solver)
     cols = _cat_int([group.cols for group in built.rounding])
-    values = _cat([_rounded(group, x, marginal) for group in built.rounding])
+    values = _cat([group.round(x, marginal) for group in built.rounding])
     lp_solver.changeColsBounds(cols.size, cols.astype(np.int32), values, values)
     lp_solver.run()
     if lp_solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
@@ -1063,15 +1066,6 @@ def _give_incumbent(built: Built, highs: highspy.Highs, options: SolveOptions) -
     start.col_value = list(lp_solver.getSolution().col_value)
     start.value_valid = True
     highs.setSolution(start)
-
-
-def _rounded(
-    group: _RunStarts | _Threshold | _Curtailments, x: FloatArray, marginal: Marginal | None
-) -> FloatArray:
-    """A group's binaries rounded from relaxation x; curtailment runs priced at `marginal`."""
-    if isinstance(group, _Curtailments):
-        return group.round(x, marginal)
-    return group.round(x)
 
 
 def _rerun(built: Built, highs: highspy.Highs) -> Run:
@@ -1303,10 +1297,7 @@ class Rounded:
                 self._integer.size, self._integer, self._integer_lower, self._integer_upper
             )
         relaxed = _rerun(self.built, self.highs)
-        if relaxed.has_solution and relaxed.termination is Termination.OPTIMAL:
-            # Duals of an unfinished solve are no prices: its runs then cover its reductions.
-            marginal = self.built.marginal(np.asarray(self.highs.getSolution().row_dual))
-            relaxed.marginal = marginal if np.all(np.isfinite(marginal.kw)) else None
+        relaxed.marginal = self.built.marginal(self.highs)  # without it, runs cover reductions
         return relaxed
 
     def physical(self, relaxed: Run, *, priced: bool = True) -> Run:
@@ -1318,7 +1309,7 @@ class Rounded:
         solver_s = relaxed.solver_s
         marginal = relaxed.marginal if priced else None
         if self._integer.size:
-            values = _cat([_rounded(group, relaxed.x, marginal) for group in self.built.rounding])
+            values = _cat([group.round(relaxed.x, marginal) for group in self.built.rounding])
             self.highs.changeColsBounds(self._integer.size, self._integer, values, values)
         if self.built.runs is not None:
             self._set_runs(self.built.runs.runs(relaxed.x, marginal))

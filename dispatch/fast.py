@@ -586,8 +586,7 @@ def _curtailable(built: Built, block: CurtailableBlock, offset: int, as_bounds: 
                 block.rebound_max_kw[timed],
             ),
         )
-    if timed.size and not as_bounds:
-        assert rules is not None
+    if rules is not None and not as_bounds:
         k = timed.size
         built.rounding.append(rules)
         link = lp.constraints((k, t), -INF, 0.0)  # reduce <= depth × on
@@ -1548,26 +1547,21 @@ class PartModel:
         self.options = options
         self._model: Rounded | None = None
         self._outcome: Run | None = None
-        self._relaxed: Run | None = None  # the relaxation `first` solved
-        self._relaxed_objective = float("nan")
+        self._relaxed: Run | None = None  # its last relaxation
 
     def first(self, deadline: float) -> PartPlan:
         """Build the model and relax it alone, allowed the whole park limit; its plan is the
         relaxation until `round`."""
         built = build(self.problem, net_column=True, runs_as_bounds=self.options.runs_as_bounds)
         self._model = Rounded(built, self.options)
-        set_time_limit(self.model.highs, _perf_deadline(deadline))
-        relaxed = self.model.relax()
-        self._relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
-        self._outcome = self._relaxed = relaxed
-        return self._plan(relaxed.solver_s, built.build_s)
+        self._relax(deadline)
+        return self._plan(self.outcome.solver_s, built.build_s)
 
     def round(self, priced: bool, deadline: float) -> PartPlan:
         """Round the relaxation `first` solved to a physical plan (`Rounded.physical`)."""
-        assert self._relaxed is not None, "PartModel: call first() before round()"
         set_time_limit(self.model.highs, _perf_deadline(deadline))
-        self._outcome = self.model.physical(self._relaxed, priced=priced)
-        return self._plan(self.outcome.solver_s - self._relaxed.solver_s)
+        self._round(priced)
+        return self._plan(self.outcome.solver_s - self.relaxation.solver_s)
 
     def again(
         self,
@@ -1668,12 +1662,25 @@ class PartModel:
             raise RuntimeError("PartModel: call first() before anything else")
         return self._outcome
 
+    @property
+    def relaxation(self) -> Run:
+        if self._relaxed is None:
+            raise RuntimeError("PartModel: call first() before anything else")
+        return self._relaxed
+
+    def _relax(self, deadline: float) -> None:
+        """Solve the relaxation; it is the plan until `_round`."""
+        set_time_limit(self.model.highs, _perf_deadline(deadline))
+        self._outcome = self._relaxed = self.model.relax()
+
+    def _round(self, priced: bool = True) -> None:
+        relaxed = self.relaxation
+        if relaxed.has_solution:
+            self._outcome = self.model.physical(relaxed, priced=priced)
+
     def _relax_and_round(self, deadline: float) -> None:
-        model = self.model
-        set_time_limit(model.highs, _perf_deadline(deadline))
-        relaxed = model.relax()
-        self._relaxed_objective = relaxed.objective if relaxed.has_solution else -np.inf
-        self._outcome = model.physical(relaxed) if relaxed.has_solution else relaxed
+        self._relax(deadline)
+        self._round()
 
     def _set_net_bounds(self, lower: FloatArray, upper: FloatArray) -> None:
         """Set the part's share of the park limits (bounds of its net power column)."""
@@ -1681,14 +1688,14 @@ class PartModel:
         self.model.highs.changeColsBounds(cols.size, cols, lower, upper)
 
     def _plan(self, solver_s: float, build_s: float = 0.0) -> PartPlan:
-        outcome = self.outcome
+        outcome, relaxed = self.outcome, self.relaxation
         net = self.net_kw() if outcome.has_solution else np.zeros(self.problem.intervals)
         return PartPlan(
             outcome.has_solution,
             outcome.termination,
             outcome.objective,
             net,
-            self._relaxed_objective,
+            relaxed.objective if relaxed.has_solution else -np.inf,
             solver_s,
             build_s,
         )

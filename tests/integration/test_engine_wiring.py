@@ -91,17 +91,24 @@ async def test_engine_plans_bids_follows_audits_and_serves(tmp_path: Path) -> No
     assert len(spot[0]["bid_curves"]) == 96  # the curves as submitted, not a summary
 
 
-async def test_api_serves_live_state_while_running(tmp_path: Path) -> None:
+OPERATOR = "op-token-0123456789abcdef"
+
+
+def api_engine() -> tuple[Engine, datetime]:
+    """The small park's engine serving its API on a free port (token OPERATOR), on a clock
+    60 times fast from 11:00 of DAY; and that start."""
     loaded = load_park(SMALL, MARKETS)
     park = loaded.park
     start = datetime.combine(DAY, datetime.min.time(), tzinfo=park.tz) + timedelta(hours=11)
     clock = AcceleratedClock(start, 60.0)
     options = EngineOptions(
-        serve_api=True,
-        listen="127.0.0.1:0",
-        tokens=TokenStore.parse("op-token-0123456789abcdef:operator"),
+        serve_api=True, listen="127.0.0.1:0", tokens=TokenStore.parse(f"{OPERATOR}:operator")
     )
-    engine = Engine(loaded, clock, build_adapters(park, clock), options=options)
+    return Engine(loaded, clock, build_adapters(park, clock), options=options), start
+
+
+async def test_api_serves_live_state_while_running(tmp_path: Path) -> None:
+    engine, _ = api_engine()
     task = asyncio.create_task(engine.run())
     try:
         for _ in range(100):
@@ -110,7 +117,7 @@ async def test_api_serves_live_state_while_running(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         assert engine.address is not None
         host, port = engine.address
-        headers = {"Authorization": "Bearer op-token-0123456789abcdef"}
+        headers = {"Authorization": f"Bearer {OPERATOR}"}
         async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
             async with http.get("/api/v1/park", headers=headers) as response:
                 assert response.status == 200
@@ -130,17 +137,8 @@ async def test_api_serves_live_state_while_running(tmp_path: Path) -> None:
 
 
 async def test_park_endpoint_shows_the_target_the_loop_follows_during_a_dr_event() -> None:
-    loaded = load_park(SMALL, MARKETS)
-    park = loaded.park
-    day_start = datetime.combine(DAY, datetime.min.time(), tzinfo=park.tz)
-    start = day_start + timedelta(hours=11)
-    clock = AcceleratedClock(start, 60.0)
-    options = EngineOptions(
-        serve_api=True,
-        listen="127.0.0.1:0",
-        tokens=TokenStore.parse("op-token-0123456789abcdef:operator"),
-    )
-    engine = Engine(loaded, clock, build_adapters(park, clock), options=options)
+    engine, start = api_engine()
+    day_start = start - timedelta(hours=11)
     # A schedule and a DR event in force, entered as the planner enters them: into the
     # control loop's target book and into the API's read model.
     quarter = timedelta(minutes=15)
@@ -163,14 +161,14 @@ async def test_park_endpoint_shows_the_target_the_loop_follows_during_a_dr_event
             await asyncio.sleep(0.05)
         assert engine.address is not None and engine.state.control is not None
         host, port = engine.address
-        headers = {"Authorization": "Bearer op-token-0123456789abcdef"}
+        headers = {"Authorization": f"Bearer {OPERATOR}"}
         async with (
             aiohttp.ClientSession(f"http://{host}:{port}") as http,
             http.get("/api/v1/park", headers=headers) as response,
         ):
             assert response.status == 200
             body = await response.json()
-        in_force = engine.targets.target_at(clock.now())
+        in_force = engine.targets.target_at(engine.clock.now())
         report = engine.controller.last_report if engine.controller is not None else None
     finally:
         engine.stop()
